@@ -1,0 +1,1 @@
+"""Signal-level features and metrics: onsets, beats, motion, alignment scores."""

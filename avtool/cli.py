@@ -1,0 +1,220 @@
+"""The `avtool` command line: one thin function per subcommand.
+
+Each function parses and validates its options, builds a request, calls a pipeline and prints the
+result. Heavy libraries (torch, diffusers, transformers, librosa, cv2, decord) are imported only inside
+the functions that run a job, so `avtool --help` and option errors answer at once.
+
+Options every command shares are declared once below and added by the `command` decorator:
+`--json/-q/--debug` everywhere, plus the generation options for dance, score, animate and tokens.
+"""
+
+import functools
+import inspect
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from avtool import __version__
+from avtool.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, AvtoolError, NotAvailable
+from avtool.pipelines.common import GenerationOptions
+
+app = typer.Typer(
+    name="avtool",
+    help="Audio<->video generation: music to dance, video to music, long human video, audio to video, alignment metrics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _option(annotation, default, *flags: str, help: str, **kwargs) -> inspect.Parameter:
+    name = flags[0].lstrip("-").replace("-", "_")
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, typer.Option(*flags, help=help, **kwargs)],
+    )
+
+
+_OUTPUT_OPTIONS = [
+    _option(bool, False, "--json", help="Print one JSON object per result on stdout (human output stays on stderr)."),
+    _option(bool, False, "--quiet", "-q", help="No progress bars or messages."),
+    _option(bool, False, "--debug", help="Show the full traceback of an error."),
+]
+
+_GENERATION_OPTIONS = [
+    _option(Optional[Path], None, "--output", "-o", help="Output file (only for a single job).", dir_okay=False),
+    _option(Path, Path("outputs"), "--output-dir", help="Folder for outputs.", file_okay=False),
+    _option(Optional[list[int]], None, "--seed", help="Random seed; repeat for several. None: one is drawn and recorded."),
+    _option(Optional[int], None, "--steps", help="Sampling steps (default: the model's).", min=1),
+    _option(Path, Path("weights"), "--weights-dir", help="Weights folder.", envvar="AVTOOL_WEIGHTS"),
+    _option(str, "auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    _option(str, "auto", "--dtype", help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
+    _option(bool, False, "--skip-existing", help="Skip jobs whose output file already exists (for cron re-runs)."),
+]
+
+
+def command(name: str, generation: bool = False) -> Callable:
+    """Register `fn` as subcommand `name`, add the shared options and turn errors into exit codes.
+
+    `fn` receives `json`, `quiet` (and `common: GenerationOptions` when `generation`) as keyword arguments.
+    """
+
+    def register(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+        own = [p for p in signature.parameters.values() if p.name not in ("common", "json", "quiet")]
+        shared = _OUTPUT_OPTIONS + (_GENERATION_OPTIONS if generation else [])
+
+        @functools.wraps(fn)
+        def run(**kwargs) -> None:
+            debug = kwargs.pop("debug")
+            if generation:
+                kwargs["common"] = GenerationOptions(
+                    output=kwargs.pop("output"),
+                    output_dir=kwargs.pop("output_dir"),
+                    seeds=kwargs.pop("seed") or [],
+                    steps=kwargs.pop("steps"),
+                    weights_dir=kwargs.pop("weights_dir"),
+                    device=kwargs.pop("device"),
+                    dtype=kwargs.pop("dtype"),
+                    skip_existing=kwargs.pop("skip_existing"),
+                    quiet=kwargs["quiet"],
+                )
+            try:
+                fn(**kwargs)
+            except AvtoolError as e:
+                _fail(e.message, e.hint, e.exit_code, debug)
+            except KeyboardInterrupt:
+                _fail("interrupted", None, EXIT_INTERRUPTED, debug)
+            except Exception as e:  # anything else is our bug: say so in one line unless --debug
+                _fail(f"internal error: {type(e).__name__}: {e}", "run again with --debug for the traceback", EXIT_INTERNAL, debug)
+
+        run.__signature__ = signature.replace(parameters=own + shared)
+        run.__annotations__ = {p.name: p.annotation for p in own + shared}
+        app.command(name)(run)
+        return fn
+
+    return register
+
+
+def _fail(message: str, hint: Optional[str], code: int, debug: bool) -> None:
+    from avtool.ui import stderr
+
+    if debug:
+        traceback.print_exc()
+    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    if hint:
+        stderr.print(f"hint: {hint}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"avtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """avtool: music to dance video, video to music, long human video, audio to video, and alignment metrics."""
+
+
+Inputs = Annotated[Optional[list[Path]], typer.Argument(help="Input files.", show_default=False)]
+
+
+def _not_available(name: str) -> None:
+    raise NotAvailable(f"{name} is not available yet", hint="this subcommand lands in a later release")
+
+
+@command("probe")
+def probe_(
+    inputs: Annotated[list[Path], typer.Argument(help="Media files.", show_default=False)],
+    require: Annotated[Optional[list[str]], typer.Option("--require", help="Fail (exit 2) unless each file has this track: audio or video.")] = None,
+    *,
+    json: bool,
+    quiet: bool,
+) -> None:
+    """Describe media files: duration, audio stream, video stream (no ffprobe needed)."""
+    from dataclasses import asdict
+
+    from avtool.errors import BadInput
+    from avtool.media import probe
+    from avtool.ui import print_json, say
+
+    unknown = set(require or []) - {"audio", "video"}
+    if unknown:
+        raise BadInput(f"--require {unknown.pop()}: expected audio or video")
+    for path in inputs:
+        info = probe(path)
+        if "audio" in (require or []):
+            info.require_audio()
+        if "video" in (require or []):
+            info.require_video()
+        if json:
+            print_json(asdict(info))
+        else:
+            say(f"{path}: {info.duration}s, audio {info.audio}, video {info.video}")
+
+
+@command("download-weights")
+def download_weights(models: Annotated[Optional[list[str]], typer.Argument(help="Model ids.")] = None, *, json: bool, quiet: bool) -> None:
+    """Fetch, verify and lay out model weights (--tiny writes small random checkpoints)."""
+    _not_available("download-weights")
+
+
+@command("preprocess")
+def preprocess(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
+    """Turn a folder of videos into training clips and cached features."""
+    _not_available("preprocess")
+
+
+@command("dance", generation=True)
+def dance(inputs: Inputs = None, *, json: bool, quiet: bool, common: GenerationOptions) -> None:
+    """Music (mp3/wav/mp4...) to a dance video with the music muxed in (MusicInfuser)."""
+    _not_available("dance")
+
+
+@command("score", generation=True)
+def score(inputs: Inputs = None, *, json: bool, quiet: bool, common: GenerationOptions) -> None:
+    """Video to music for it, muxed back into the video (VidMuse, Dance2Music-Diffusion)."""
+    _not_available("score")
+
+
+@command("animate", generation=True)
+def animate(inputs: Inputs = None, *, json: bool, quiet: bool, common: GenerationOptions) -> None:
+    """Image, text or pose video to a long human video (MuseV)."""
+    _not_available("animate")
+
+
+@command("tokens", generation=True)
+def tokens(inputs: Inputs = None, *, json: bool, quiet: bool, common: GenerationOptions) -> None:
+    """Audio (and optional text) to video through per-frame audio tokens (TempoTokens)."""
+    _not_available("tokens")
+
+
+@command("train")
+def train(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
+    """Fine-tune or train the adapters, one process or many under torchrun."""
+    _not_available("train")
+
+
+@command("eval")
+def eval_(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
+    """Audio-visual alignment metrics (AV-Align, beat coverage/hit, BAS) with plots."""
+    _not_available("eval")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app(prog_name="avtool")
+    sys.exit(0)

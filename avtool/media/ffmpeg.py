@@ -1,0 +1,52 @@
+"""Running the ffmpeg binary shipped by imageio-ffmpeg, and turning its failures into BadInput."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+from avtool.errors import BadInput
+
+_UNREADABLE_MARKERS = (
+    "Invalid data found when processing input",
+    "moov atom not found",
+    "could not find codec parameters",
+    "Failed to find two consecutive MPEG audio frames",
+    "End of file",
+    "Format mp3 detected only with low score",
+)
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """Path of the bundled ffmpeg binary."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run_ffmpeg(args: list[str], *, input: bytes | None = None, source: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ffmpeg with `args` (an argument list, never a shell string) and return the finished process.
+
+    A non-zero exit raises BadInput naming `source` (the input the command was about) when the
+    message points at the input, or RuntimeError otherwise.
+    """
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
+    if input is not None:
+        cmd.remove("-nostdin")
+    proc = subprocess.run(cmd, input=input, capture_output=True)
+    if proc.returncode != 0:
+        raise ffmpeg_failure(proc.stderr.decode(errors="replace"), source)
+    return proc
+
+
+def ffmpeg_failure(stderr: str, source: Path | None) -> Exception:
+    """The exception that describes an ffmpeg failure with this stderr."""
+    if source is not None:
+        if "matches no streams" in stderr or "does not contain any stream" in stderr:
+            return BadInput(f"{source}: has no stream of the kind needed")
+        if any(marker in stderr for marker in _UNREADABLE_MARKERS):
+            return BadInput(f"{source}: not a readable audio/video file (truncated or not a media file)")
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
+    return RuntimeError(f"ffmpeg failed: {last}")

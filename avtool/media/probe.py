@@ -1,0 +1,134 @@
+"""What a media file holds, read without ffprobe.
+
+Stream facts come from the banner the bundled ffmpeg prints for `-i FILE`; the audio duration and the
+video frame count come from one stream-copy pass per stream into the null muxer (packets only, no
+decoding, so a 10-minute file takes milliseconds). The audio duration is the end of its last packet.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from avtool.errors import BadInput
+from avtool.media.ffmpeg import ffmpeg_exe, ffmpeg_failure, run_ffmpeg
+from avtool.media.files import check_input_file
+
+_CHANNEL_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6, "6.1": 7, "7.1": 8}
+
+
+@dataclass(frozen=True)
+class AudioStreamInfo:
+    sample_rate: int
+    channels: int
+    duration: float
+
+
+@dataclass(frozen=True)
+class VideoStreamInfo:
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: Path
+    duration: float | None
+    audio: AudioStreamInfo | None
+    video: VideoStreamInfo | None
+
+    def require_audio(self) -> AudioStreamInfo:
+        if self.audio is None:
+            raise BadInput(f"{self.path}: has no audio track", hint="give a file with sound")
+        return self.audio
+
+    def require_video(self) -> VideoStreamInfo:
+        if self.video is None or self.video.num_frames == 0:
+            raise BadInput(f"{self.path}: has no video track", hint="give a video file")
+        return self.video
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Describe the container, first audio stream and first (non-cover-art) video stream of `path`."""
+    path = check_input_file(path)
+    banner = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True)
+    text = banner.stderr.decode(errors="replace")
+    if "Input #0" not in text:
+        raise ffmpeg_failure(text, path)
+    duration = _parse_duration(text)
+    audio_line = _first_stream_line(text, "Audio")
+    video_line = _first_stream_line(text, "Video")
+    audio = video = None
+    if audio_line is not None:
+        sample_rate, channels = parse_audio_stream(audio_line)
+        end_us = _copy_pass(path, "a")["out_time_us"]
+        audio = AudioStreamInfo(sample_rate, channels, max(int(end_us), 0) / 1e6)
+    if video_line is not None:
+        width, height, fps = _parse_video_stream(video_line)
+        frames = int(_copy_pass(path, "v")["frame"])
+        video = VideoStreamInfo(fps, frames, width, height)
+    return MediaInfo(path, duration, audio, video)
+
+
+def parse_audio_stream(line: str) -> tuple[int, int]:
+    """(sample rate, channels) from an ffmpeg `Stream #...: Audio: ...` line."""
+    rate = re.search(r"(\d+) Hz", line)
+    layout = re.search(r"Hz, ([^,]+)", line)
+    if rate is None or layout is None:
+        raise RuntimeError(f"cannot parse ffmpeg audio stream line: {line!r}")
+    name = layout.group(1).strip()
+    named = re.match(r"(\d+) channels", name)
+    channels = int(named.group(1)) if named else _CHANNEL_LAYOUTS.get(name.split("(")[0], 2)
+    return int(rate.group(1)), channels
+
+
+def _first_stream_line(text: str, kind: str) -> str | None:
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("Stream #0:") and f": {kind}:" in stripped and "attached pic" not in stripped:
+            return stripped
+        if stripped.startswith("Output #"):
+            break
+    return None
+
+
+def _parse_duration(text: str) -> float | None:
+    m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    if m is None:
+        return None
+    hours, minutes, seconds = m.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _parse_video_stream(line: str) -> tuple[int, int, float]:
+    size = re.search(r", (\d{2,5})x(\d{2,5})", line)
+    rate = re.search(r", (\d+(?:\.\d+)?)(k?) fps", line) or re.search(r", (\d+(?:\.\d+)?)(k?) tbr", line)
+    if size is None or rate is None:
+        raise RuntimeError(f"cannot parse ffmpeg video stream line: {line!r}")
+    fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
+    return int(size.group(1)), int(size.group(2)), fps
+
+
+def _copy_pass(path: Path, stream: str) -> dict[str, str]:
+    """Progress counters of copying the first `stream` ('a' or 'v') into the null muxer."""
+    proc = run_ffmpeg(
+        ["-v", "error", "-i", str(path), "-map", f"0:{stream}:0", "-c", "copy", "-f", "null", "-progress", "pipe:1", "-nostats", "-"],
+        source=path,
+    )
+    counters: dict[str, str] = {}
+    for line in proc.stdout.decode().splitlines():
+        key, _, value = line.partition("=")
+        if value and value != "N/A":
+            counters[key] = value
+    counters.setdefault("out_time_us", "0")
+    counters.setdefault("frame", "0")
+    return counters

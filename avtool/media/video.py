@@ -1,0 +1,180 @@
+"""Reading frames (decord) and writing H.264 video (ffmpeg), both streaming.
+
+`iter_frames` yields fixed-size batches so memory stays flat however long the video is;
+`write_video` pipes frames into ffmpeg one at a time. Audio given to `write_video` is trimmed or
+zero-padded to exactly the video's length before it is muxed in as AAC.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from avtool.errors import BadInput
+from avtool.media.ffmpeg import ffmpeg_exe, ffmpeg_failure, run_ffmpeg
+from avtool.media.files import atomic_output, check_input_file, temporary_sibling
+from avtool.media.probe import probe
+
+
+def iter_frames(
+    path: str | os.PathLike,
+    fps: float | None = None,
+    size: tuple[int, int] | None = None,
+    start: float = 0.0,
+    num_frames: int | None = None,
+    batch_size: int = 32,
+) -> Iterator[np.ndarray]:
+    """Yield uint8 RGB frames of `path` in batches of shape (n, H, W, 3).
+
+    `fps` resamples by nearest timestamp (None keeps every source frame); `size` is (width, height);
+    `start` is in seconds; `num_frames` caps the count (None: to the end of the video).
+    """
+    reader = _open_reader(path, size)
+    timestamps = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
+    indices = frame_indices(timestamps, fps, start, num_frames)
+    for i in range(0, len(indices), batch_size):
+        yield reader.get_batch(indices[i : i + batch_size].tolist()).asnumpy()
+
+
+def read_frames(
+    path: str | os.PathLike,
+    fps: float | None = None,
+    size: tuple[int, int] | None = None,
+    start: float = 0.0,
+    num_frames: int | None = None,
+) -> np.ndarray:
+    """All requested frames of `path` as one (n, H, W, 3) uint8 array; see `iter_frames`."""
+    batches = list(iter_frames(path, fps, size, start, num_frames))
+    if not batches:
+        width, height = size or (0, 0)
+        return np.zeros((0, height, width, 3), dtype=np.uint8)
+    return np.concatenate(batches)
+
+
+def frame_indices(timestamps: np.ndarray, fps: float | None, start: float, num_frames: int | None) -> np.ndarray:
+    """Source frame indices for output frames at `start + k/fps`, each the source frame whose start time is nearest."""
+    first = int(np.searchsorted(timestamps, start - 1e-6))
+    if fps is None:
+        indices = np.arange(first, len(timestamps))
+    else:
+        end = timestamps[-1] + (timestamps[-1] - timestamps[-2] if len(timestamps) > 1 else 0.0)
+        count = int(np.floor((end - start) * fps + 1e-6))
+        wanted = start + np.arange(max(count, 0)) / fps
+        right = np.clip(np.searchsorted(timestamps, wanted), 1, len(timestamps) - 1)
+        left = right - 1
+        indices = np.where(wanted - timestamps[left] <= timestamps[right] - wanted, left, right)
+    return indices[:num_frames] if num_frames is not None else indices
+
+
+def write_video(
+    frames: Iterable[np.ndarray],
+    fps: float,
+    path: str | os.PathLike,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
+) -> Path:
+    """Encode uint8 RGB frames (each (H, W, 3) or a batch (n, H, W, 3)) as H.264 yuv420p mp4 at `path`.
+
+    `audio` (float32, (n,) or (channels, n)) at `sample_rate` is fitted to the video's duration and
+    added as AAC. The file appears at `path` only when complete.
+    """
+    path = Path(path)
+    if audio is not None and not sample_rate:
+        raise ValueError("write_video: audio needs a sample_rate")
+    with atomic_output(path) as tmp:
+        if audio is None:
+            _encode_frames(frames, fps, tmp)
+        else:
+            video_only = temporary_sibling(path, ".video.mp4")
+            try:
+                num_frames = _encode_frames(frames, fps, video_only)
+                fitted = fit_length(np.atleast_2d(audio), round(num_frames / fps * sample_rate))
+                _mux_raw_audio(video_only, fitted, sample_rate, tmp)
+            finally:
+                video_only.unlink(missing_ok=True)
+    return path
+
+
+def mux(video: str | os.PathLike, audio: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Copy the video stream of `video` (no re-encode), add the first audio stream of `audio` as AAC, stop at the shorter."""
+    video, audio, out = check_input_file(video), check_input_file(audio), Path(out)
+    probe(video).require_video()
+    probe(audio).require_audio()
+    with atomic_output(out) as tmp:
+        run_ffmpeg(
+            ["-y", "-v", "error", "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
+             "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", str(tmp)],
+        )
+    return out
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Trim or zero-pad the last axis of `samples` to `length`."""
+    if samples.shape[-1] >= length:
+        return samples[..., :length]
+    pad = [(0, 0)] * (samples.ndim - 1) + [(0, length - samples.shape[-1])]
+    return np.pad(samples, pad)
+
+
+def _open_reader(path: str | os.PathLike, size: tuple[int, int] | None):
+    import decord
+
+    path = check_input_file(path)
+    width, height = size or (-1, -1)
+    try:
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
+    except decord.DECORDError:
+        probe(path).require_video()
+        raise BadInput(f"{path}: the video stream cannot be decoded") from None
+
+
+def _encode_frames(frames: Iterable[np.ndarray], fps: float, out: Path) -> int:
+    """Pipe frames into an ffmpeg libx264 encoder writing `out`; return the frame count."""
+    proc: subprocess.Popen | None = None
+    count = 0
+    try:
+        for item in frames:
+            batch = np.asarray(item, dtype=np.uint8)
+            batch = batch[None] if batch.ndim == 3 else batch
+            if proc is None:
+                height, width = batch.shape[1:3]
+                proc = _start_encoder(width, height, fps, out)
+            proc.stdin.write(np.ascontiguousarray(batch).tobytes())
+            count += len(batch)
+        if proc is None:
+            raise BadInput(f"{out.name}: no frames to write")
+        proc.stdin.close()
+        stderr = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            raise ffmpeg_failure(stderr, None)
+    except BrokenPipeError:
+        raise ffmpeg_failure(proc.stderr.read().decode(errors="replace"), None) from None
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return count
+
+
+def _start_encoder(width: int, height: int, fps: float, out: Path) -> subprocess.Popen:
+    cmd = [
+        ffmpeg_exe(), "-hide_banner", "-y", "-v", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "pipe:0",
+        # yuv420p needs even sizes: pad odd ones by a pixel rather than refuse them.
+        "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart", "-f", "mp4", str(out),
+    ]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _mux_raw_audio(video: Path, samples: np.ndarray, sample_rate: int, out: Path) -> None:
+    channels = samples.shape[0]
+    run_ffmpeg(
+        ["-y", "-v", "error", "-i", str(video), "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
+         "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", str(out)],
+        input=np.ascontiguousarray(samples.T, dtype=np.float32).tobytes(),
+    )

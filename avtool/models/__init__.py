@@ -1,0 +1,1 @@
+"""nn.Modules and checkpoint key conversion, one module or package per system."""

@@ -1,0 +1,1 @@
+"""Schedules, samplers, guidance and the step runner."""

@@ -1,0 +1,38 @@
+"""Human-facing output: messages and progress bars on stderr, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def progress(quiet: bool = False) -> Progress:
+    """A rich progress bar on stderr; silent with -q or when stderr is not a terminal."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=quiet or not stderr.is_terminal,
+        transient=True,
+    )
+
+
+def say(message: str, quiet: bool = False) -> None:
+    """One line of human output on stderr."""
+    if not quiet:
+        stderr.print(message)
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on one line of stdout."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()

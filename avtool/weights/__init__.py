@@ -1,0 +1,1 @@
+"""Registry of model files, download, verification, local layout, tiny checkpoints."""
