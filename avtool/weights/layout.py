@@ -1,0 +1,33 @@
+"""Where each model's files live under a weights folder, and the check pipelines run before loading.
+
+Every model has one folder directly under the weights folder, named by its local folder name (the
+registry maps model ids to these), holding the upstream repository's files with their upstream names.
+`weights/tiny/` holds the same layout with small random checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from avtool.errors import WeightsError
+
+
+def default_weights_dir() -> Path:
+    """`$AVTOOL_WEIGHTS`, else `./weights`."""
+    return Path(os.environ.get("AVTOOL_WEIGHTS", "weights"))
+
+
+def require_files(weights_dir: str | os.PathLike, folder: str, files: list[str], model: str) -> Path:
+    """Return `weights_dir/folder` after checking that each of `files` (relative to it) exists and is non-empty.
+
+    Raises WeightsError (exit 3) naming the first missing file, with the `avtool download-weights MODEL` hint.
+    """
+    root = Path(weights_dir) / folder
+    for name in files:
+        path = root / name
+        if not path.is_file():
+            raise WeightsError(f"{path}: missing (weights for {model})", model=model)
+        if path.stat().st_size == 0:
+            raise WeightsError(f"{path}: empty file (weights for {model})", model=model)
+    return root
