@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import tempfile
 from pathlib import Path
 
 from avtool.errors import BadInput
@@ -29,16 +30,29 @@ def ffmpeg_exe() -> str:
 def run_ffmpeg(args: list[str], *, input: bytes | None = None, source: Path | None = None) -> subprocess.CompletedProcess:
     """Run ffmpeg with `args` (an argument list, never a shell string) and return the finished process.
 
-    A non-zero exit raises BadInput naming `source` (the input the command was about) when the
-    message points at the input, or RuntimeError otherwise.
+    stdout is read in one piece and the log goes to a temporary file (a pipe could fill up and stall a
+    chatty ffmpeg). A non-zero exit raises BadInput naming `source` (the input the command was about)
+    when the message points at the input, or RuntimeError otherwise.
     """
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
-    if input is not None:
-        cmd.remove("-nostdin")
-    proc = subprocess.run(cmd, input=input, capture_output=True)
+    cmd = [ffmpeg_exe(), "-hide_banner", *args]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        try:
+            if input is None:
+                stdout = proc.stdout.read()
+                proc.wait()
+            else:
+                stdout, _ = proc.communicate(input)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        log.seek(0)
+        stderr = log.read()
     if proc.returncode != 0:
-        raise ffmpeg_failure(proc.stderr.decode(errors="replace"), source)
-    return proc
+        raise ffmpeg_failure(stderr.decode(errors="replace"), source)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def ffmpeg_failure(stderr: str, source: Path | None) -> Exception:
