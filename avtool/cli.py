@@ -168,7 +168,7 @@ def probe_(
 @command("download-weights")
 def download_weights(
     models: Annotated[Optional[list[str]], typer.Argument(help="Model ids; none: list the models and what is present.", show_default=False)] = None,
-    weights_dir: Annotated[Optional[Path], typer.Option("--dir", help="Weights folder [default: $AVTOOL_WEIGHTS or ./weights; with --tiny: <that>/tiny].", file_okay=False, show_default=False)] = None,
+    weights_dir: Annotated[Optional[Path], typer.Option("--dir", help="Weights folder (default: $AVTOOL_WEIGHTS or ./weights; with --tiny, its tiny/ subfolder).", file_okay=False, show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be fetched; change nothing.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash files against each folder's manifest and report changed or missing ones; download nothing.")] = False,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit) instead of the registry's.")] = None,
@@ -224,9 +224,11 @@ def download_weights(
     else:
         for item in report.planned:
             say(f"would {item['action']}: {item['folder']}/{item['file']}" + (f" ({item['bytes']} bytes)" if item["bytes"] else ""))
-        fetched_bytes = sum(item["bytes"] for item in report.fetched)
-        echo(f"{root}: fetched {len(report.fetched)} file(s) ({fetched_bytes / 1e6:.1f} MB), "
-             f"{len(report.skipped)} already present, {len(report.verified)} folder(s) verified")
+        if verify:
+            echo(f"{root}: verified {sum(v['ok'] for v in report.verified)} of {len(report.verified)} folder(s)")
+        elif not dry_run:
+            fetched_bytes = sum(item["bytes"] for item in report.fetched)
+            echo(f"{root}: fetched {len(report.fetched)} file(s) ({fetched_bytes / 1e6:.1f} MB), {len(report.skipped)} already present")
     for problem in report.problems[:-1]:
         say(f"[bold red]error:[/] {problem['problem']}" + (f"\nhint: {problem['hint']}" if problem["hint"] else ""))
     if report.problems:

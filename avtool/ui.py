@@ -42,7 +42,7 @@ def progress(quiet: bool = False, transfer: bool = False) -> Progress:
 def say(message: str, quiet: bool = False) -> None:
     """One line of human output on stderr."""
     if not quiet:
-        stderr.print(message)
+        stderr.print(message, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

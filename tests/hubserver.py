@@ -5,8 +5,10 @@ It answers the endpoints huggingface_hub 2.x uses to list and fetch a model repo
 - GET  /api/models/{repo}/tree/{rev}?recursive=...     -> [{"type": "file", path, size, oid, lfs: {oid, size, pointerSize}}]
 - HEAD/GET /{repo}/resolve/{rev}/{path}                -> the bytes, with X-Repo-Commit, ETag (git blob id, or
   sha256 for LFS files), X-Linked-Etag / X-Linked-Size for LFS files, Content-Length, and Range support (206).
+- GET any path of `urls`                               -> those bytes (a public URL off the hub), with Range support.
 Faults, set per file path: `cut_once` (the next GET sends the body up to the given offset, then closes the connection),
-`corrupt` (every GET serves one flipped byte), `chunk_delay_s` (slow bodies). Every request is logged.
+`corrupt` (every GET serves one flipped byte), `chunk_delay_s` (slow bodies); `listing_metadata=False` leaves
+sizes and hashes out of the revision listing, as a mirror might. Every request is logged.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class HubState:
     cut_once: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
     chunk_delay_s: float = 0.0
+    listing_metadata: bool = True
+    urls: dict[str, bytes] = field(default_factory=dict)  # plain files off the hub, by URL path
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -84,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._repo(api.group(1), api.group(3))
             if repo is not None:
                 self._api(api.group(1), repo, api.group(2), parse_qs(url.query))
+        elif path in self.state.urls:
+            self._send_file(path.rsplit("/", 1)[-1], self.state.urls[path], {}, body)
         elif resolve:
             repo = self._repo(resolve.group(1), resolve.group(2))
             if repo is not None:
@@ -106,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
             siblings = []
             for name, data in sorted(repo.files.items()):
                 entry = {"rfilename": name}
-                if query.get("blobs", [""])[0].lower() in ("true", "1"):
+                if self.state.listing_metadata and query.get("blobs", [""])[0].lower() in ("true", "1"):
                     entry.update(size=len(data), blobId=hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
                     if repo.is_lfs(name):
                         entry["lfs"] = {"size": len(data), "sha256": repo.etag(name), "pointerSize": 134}
@@ -132,7 +138,12 @@ class _Handler(BaseHTTPRequestHandler):
         if name not in repo.files:
             self._error(404, "EntryNotFound")
             return
-        data = repo.files[name]
+        headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{repo.etag(name)}"'}
+        if repo.is_lfs(name):
+            headers.update({"X-Linked-Etag": f'"{repo.etag(name)}"', "X-Linked-Size": str(len(repo.files[name]))})
+        self._send_file(name, repo.files[name], headers, body)
+
+    def _send_file(self, name: str, data: bytes, headers: dict[str, str], body: bool) -> None:
         if name in self.state.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         start = 0
@@ -143,11 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(416, None)
                 return
         self.send_response(206 if match else 200)
-        self.send_header("X-Repo-Commit", repo.commit)
-        self.send_header("ETag", f'"{repo.etag(name)}"')
-        if repo.is_lfs(name):
-            self.send_header("X-Linked-Etag", f'"{repo.etag(name)}"')
-            self.send_header("X-Linked-Size", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(data) - start))
         if match:

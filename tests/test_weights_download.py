@@ -196,3 +196,59 @@ def test_bad_requests_exit_with_the_right_code(hub, tmp_path):
     assert d2m.returncode == 3 and "publishes no weights" in d2m.stderr and "avtool train" in d2m.stderr
     variant = fetch(hub, tmp_path / "w", "musicinfuser", "--variant", "bf16")
     assert variant.returncode == 2 and "--variant bf16" in variant.stderr
+
+
+def test_listing_without_hashes_falls_back_to_etags(hub, tmp_path):
+    hub.state.listing_metadata = False
+    hub.state.corrupt.add("model.safetensors")
+    result = fetch(hub, tmp_path / "weights", "musicinfuser")
+    assert result.returncode == 3 and "model.safetensors" in result.stderr
+    assert not (tmp_path / "weights" / "wav2vec2-base-960h" / "model.safetensors").exists()
+    hub.state.corrupt.clear()
+    assert fetch(hub, tmp_path / "weights", "musicinfuser", "-q").returncode == 0
+    assert_installed(tmp_path / "weights")
+
+
+URL_AND_MANUAL = """
+import json, sys
+from pathlib import Path
+from avtool.weights.download import Installer, Report
+from avtool.weights.registry import Component, Model
+
+url, weights = sys.argv[1:]
+model = Model("beats-like", (
+    Component("beats", url=url, files=("BEATs.pt",), approx_gb=0.1, licence="MIT"),
+    Component("mapper", files=("learned_embeds.pth",), manual="get it from the project page", approx_gb=0.1, licence="MIT"),
+), ("tokens",))
+report = Report()
+Installer(Path(weights), report, print).install(model)
+print(json.dumps(report.as_dict()))
+"""
+
+
+def test_url_component_downloads_and_manual_component_says_where(hub, tmp_path):
+    beats = random.Random(3).randbytes(200_000)
+    hub.state.urls["/share/BEATs.pt"] = beats
+    weights = tmp_path / "weights"
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", URL_AND_MANUAL, hub.url + "/share/BEATs.pt", str(weights)],
+                                env={**os.environ, "PYTHONPATH": str(REPO), **hub.env}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.splitlines()[-1])
+
+    report = run()
+    assert [(e["file"], e["from"]) for e in report["fetched"]] == [("BEATs.pt", "url")]
+    assert (weights / "beats" / "BEATs.pt").read_bytes() == beats
+    manifest = json.loads((weights / "beats" / "avtool-manifest.json").read_text())
+    assert manifest["files"]["BEATs.pt"]["sha256"] == hashlib.sha256(beats).hexdigest()
+    problem, = report["problems"]
+    assert problem["path"] == str(weights / "mapper" / "learned_embeds.pth")
+    assert "by hand" in problem["problem"] and problem["hint"] == "get it from the project page"
+
+    (weights / "mapper").mkdir()
+    (weights / "mapper" / "learned_embeds.pth").write_bytes(b"mapper weights")
+    report = run()
+    assert report["problems"] == [] and report["fetched"] == []
+    assert (weights / "mapper" / "avtool-manifest.json").is_file()
+    assert [entry for entry in hub.state.log if entry[1] == "/share/BEATs.pt"] == [("GET", "/share/BEATs.pt", None)]

@@ -270,9 +270,11 @@ class Installer:
                 self.report.fetched.append({**entry, "bytes": found.size, "sha256": found.sha256, "from": "cache"})
                 return found
             self.say(f"warning: {cached} in the Hugging Face cache does not match the hub listing; downloading instead")
-        if source.get("commit") and source.get("kind") == "hub" and _offline():
-            self.report.problem(model_id, dest, f"{remote.path}: not in the Hugging Face cache (offline mode)",
-                                hint="run again with network access")
+        if _offline():
+            where = "not in the Hugging Face cache" if component.kind == "hub" else f"to be downloaded from {component.url}"
+            self.report.problem(model_id, dest, f"{dest}: missing, {where}, and offline mode is on (HF_HUB_OFFLINE=1)",
+                                hint="run again with network access" + (f", or put the file at {dest} by hand"
+                                                                        if component.kind == "url" else ""))
             return None
 
         part = folder / PARTIAL_DIR / (f"{remote.digest}.part" if remote.digest else f"{remote.path.replace('/', '__')}.part")
@@ -438,7 +440,8 @@ def _download(url: str, part: Path, size: int | None, headers: dict[str, str], p
             http_get(url, f, resume_size=resume, headers=headers, expected_size=size, displayed_filename=name,
                      tqdm_class=_bar_class(progress, name))
     except (httpx2.HTTPError, HfHubHTTPError, ConnectionError) as e:
-        raise WeightsError(f"{name}: download failed ({type(e).__name__}: {e}); {part.stat().st_size} bytes kept in {part}",
+        kept = part.stat().st_size
+        raise WeightsError(f"{name}: download failed ({type(e).__name__}: {e})" + (f"; {kept} bytes kept in {part}" if kept else ""),
                            hint="run the same command again to resume") from None
     except OSError as e:  # http_get's size consistency check
         if size is not None and part.stat().st_size > size:
