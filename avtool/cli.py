@@ -168,10 +168,10 @@ def probe_(
 @command("download-weights")
 def download_weights(
     models: Annotated[Optional[list[str]], typer.Argument(help="Model ids; none: list the models and what is present.", show_default=False)] = None,
-    weights_dir: Annotated[Optional[Path], typer.Option("--dir", help="Weights folder (default: $AVTOOL_WEIGHTS or ./weights; with --tiny, its tiny/ subfolder).", file_okay=False, show_default=False)] = None,
+    weights_dir: Annotated[Optional[Path], typer.Option("--dir", "--weights-dir", help="Weights folder (default: $AVTOOL_WEIGHTS or ./weights; with --tiny, its tiny/ subfolder).", file_okay=False, show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be fetched; change nothing.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash files against each folder's manifest and report changed or missing ones; download nothing.")] = False,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit) instead of the registry's.")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit) of the model's own repository instead of the registry's.")] = None,
     variant: Annotated[Optional[str], typer.Option("--variant", help="Weight variant where a repository offers one (mochi-1-preview: bf16).")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Write small seeded random checkpoints in the real layouts (nothing downloads).")] = False,
     *,
@@ -188,8 +188,8 @@ def download_weights(
     chosen = [registry.get_model(m) for m in dict.fromkeys(models or [])]
     if tiny and (unknown := [m.id for m in chosen if m.id not in BUILDERS]):
         raise BadInput(f"--tiny {unknown[0]}: no tiny builder registered", hint=f"registered: {', '.join(BUILDERS) or 'none'}")
-    if revision is not None and not chosen:
-        raise BadInput("--revision needs the model(s) to fetch")
+    if revision is not None and len(chosen) != 1:
+        raise BadInput("--revision needs exactly one model to fetch")
     if variant is not None and not any(variant in c.variants for m in chosen for c in m.components):
         raise BadInput(f"--variant {variant}: not offered by the models named",
                        hint="offered: " + ", ".join(f"{m.id} ({'/'.join(c.variants)})" for m in registry.MODELS.values() for c in m.components if c.variants))
@@ -203,11 +203,11 @@ def download_weights(
     elif tiny and not dry_run:
         download.install_tiny(root, [m.id for m in chosen] or list(BUILDERS), report, echo)
     elif chosen:
-        installer = download.Installer(root, report, echo, quiet=quiet, revision=revision, variant=variant)
+        installer = download.Installer(root, report, echo, quiet=quiet, variant=variant)
         for model in chosen:
-            installer.install(model, dry_run=dry_run)
+            installer.install(model, dry_run=dry_run, revision=revision)
     else:
-        listing = [{"id": m.id, "needed_by": list(m.needed_by), "approx_gb": m.approx_gb, "note": m.unavailable or m.note,
+        listing = [{"id": m.id, "needed_by": list(m.needed_by), "approx_gb": round(m.approx_gb, 2), "note": m.unavailable or m.note,
                     "licences": sorted({c.licence for c in m.components}), "tiny": m.id in BUILDERS,
                     "components": [{**download.folder_status(root, c.folder), "source": c.source} for c in m.components]}
                    for m in registry.MODELS.values()]

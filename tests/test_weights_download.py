@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -252,3 +253,26 @@ def test_url_component_downloads_and_manual_component_says_where(hub, tmp_path):
     assert report["problems"] == [] and report["fetched"] == []
     assert (weights / "mapper" / "avtool-manifest.json").is_file()
     assert [entry for entry in hub.state.log if entry[1] == "/share/BEATs.pt"] == [("GET", "/share/BEATs.pt", None)]
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_next_run_resumes(hub, tmp_path):
+    weights = tmp_path / "weights"
+    part = weights / "musicinfuser" / ".partial" / f"{hashlib.sha256(ADAPTER).hexdigest()}.part"
+    hub.state.chunk_delay_s = 0.03
+    env = {**os.environ, "PYTHONPATH": str(REPO), **hub.env}
+    run = subprocess.Popen([sys.executable, "-m", "avtool", "download-weights", "musicinfuser", "--dir", str(weights)],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (part.is_file() and part.stat().st_size >= 10 * 2**20) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted" in stderr
+    assert part.stat().st_size == 10 * 2**20
+    assert not (weights / "musicinfuser" / "musicinfuser.safetensors").exists()
+
+    hub.state.chunk_delay_s = 0
+    result = fetch(hub, weights, "musicinfuser", "-q")
+    assert result.returncode == 0, result.stderr
+    assert hub.state.gets("musicinfuser.safetensors") == [None, f"bytes={10 * 2**20}-"]
+    assert_installed(weights)

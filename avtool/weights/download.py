@@ -92,7 +92,7 @@ def select_files(paths: list[str], allow: tuple[str, ...], variant: str | None =
         weights = [p for p in files if _WEIGHT_FILE.search(posixpath.basename(p))]
         tags = {p: _tag(p) for p in weights}
         present = set(tags.values())
-        keep_tag = variant if variant in present else None if None in present else next(iter(present), None)
+        keep_tag = variant if variant in present else None if None in present else min(present, default=None)
         weights = [p for p in weights if tags[p] == keep_tag]
         if any(p.endswith(".safetensors") or ".safetensors.index" in p for p in weights):
             weights = [p for p in weights if not (p.endswith(".bin") or ".bin.index" in p)]
@@ -127,34 +127,37 @@ def folder_lock(weights_dir: Path, folder: str, say: Say) -> Iterator[None]:
 class Installer:
     """Installs registry components into one weights folder (see the module docstring)."""
 
-    def __init__(self, weights_dir: Path, report: Report, say: Say, quiet: bool = True,
-                 revision: str | None = None, variant: str | None = None) -> None:
+    def __init__(self, weights_dir: Path, report: Report, say: Say, quiet: bool = True, variant: str | None = None) -> None:
         self.weights_dir = weights_dir
         self.report = report
         self.say = say
         self.quiet = quiet
-        self.revision = revision
         self.variant = variant
 
     # -- entry points -------------------------------------------------------------------------------
 
-    def install(self, model: Model, dry_run: bool = False) -> None:
-        """Fetch (or, with `dry_run`, plan) every component of `model`."""
+    def install(self, model: Model, dry_run: bool = False, revision: str | None = None) -> None:
+        """Fetch (or, with `dry_run`, plan) every component of `model`.
+
+        `revision` replaces the registry's for the model's own repository (its first component) only:
+        the shared components (wav2vec2, CLIP, ...) stay at theirs.
+        """
         if model.unavailable:
             self.report.problem(model.id, self.weights_dir, f"{model.id}: {model.unavailable}", hint="avtool train --help")
             return
-        for component in model.components:
+        for index, component in enumerate(model.components):
+            component_revision = (revision if index == 0 else None) or component.revision
             if dry_run:
-                self._component(model.id, component, dry_run=True)
+                self._component(model.id, component, component_revision, dry_run=True)
                 continue
             with folder_lock(self.weights_dir, component.folder, self.say):
-                self._component(model.id, component, dry_run=False)
+                self._component(model.id, component, component_revision, dry_run=False)
 
-    def _component(self, model_id: str, component: Component, dry_run: bool) -> None:
+    def _component(self, model_id: str, component: Component, revision: str, dry_run: bool) -> None:
         folder = self.weights_dir / component.folder
         manifest = read_manifest(folder)
         if component.kind == "hub":
-            listing = self._hub_listing(model_id, component, manifest)
+            listing = self._hub_listing(model_id, component, revision, manifest)
             if listing is None:
                 return
             source, files = listing
@@ -187,11 +190,11 @@ class Installer:
 
     # -- listing ------------------------------------------------------------------------------------
 
-    def _hub_listing(self, model_id: str, component: Component, manifest: dict | None) -> tuple[dict, list[RemoteFile]] | None:
+    def _hub_listing(self, model_id: str, component: Component, revision: str,
+                     manifest: dict | None) -> tuple[dict, list[RemoteFile]] | None:
         """(source, wanted files) from the hub, else from the Hugging Face cache; None after reporting why not."""
         from huggingface_hub import constants
 
-        revision = self.revision or component.revision
         unreachable = "offline mode (HF_HUB_OFFLINE=1)" if constants.is_offline_mode() else None
         listing = None
         if unreachable is None:
