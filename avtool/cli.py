@@ -200,17 +200,18 @@ def download_weights(
     if verify:
         folders = {c.folder: m.id for m in chosen for c in m.components} if chosen else download.folders_with_manifest(root)
         download.verify(root, folders, report)
-    elif tiny and not dry_run:
-        download.install_tiny(root, [m.id for m in chosen] or list(BUILDERS), report, echo)
+    elif tiny:
+        built = [m.id for m in chosen] or list(BUILDERS)
+        if dry_run:
+            report.planned += [{"model": m, "folder": str(root), "file": None, "bytes": None, "action": f"build tiny {m}"} for m in built]
+        else:
+            download.install_tiny(root, built, report, echo)
     elif chosen:
         installer = download.Installer(root, report, echo, quiet=quiet, variant=variant)
         for model in chosen:
             installer.install(model, dry_run=dry_run, revision=revision)
     else:
-        listing = [{"id": m.id, "needed_by": list(m.needed_by), "approx_gb": round(m.approx_gb, 2), "note": m.unavailable or m.note,
-                    "licences": sorted({c.licence for c in m.components}), "tiny": m.id in BUILDERS,
-                    "components": [{**download.folder_status(root, c.folder), "source": c.source} for c in m.components]}
-                   for m in registry.MODELS.values()]
+        listing = download.listing(root)
         if json:
             print_json({"weights_dir": str(root), "models": listing})
         else:
@@ -223,7 +224,8 @@ def download_weights(
         print_json({"weights_dir": str(root), **report.as_dict()})
     else:
         for item in report.planned:
-            say(f"would {item['action']}: {item['folder']}/{item['file']}" + (f" ({item['bytes']} bytes)" if item["bytes"] else ""))
+            target = f"{item['folder']}/{item['file']}" if item["file"] else item["folder"]
+            say(f"would {item['action']}: {target}" + (f" ({item['bytes']} bytes)" if item["bytes"] else ""))
         if verify:
             echo(f"{root}: verified {sum(v['ok'] for v in report.verified)} of {len(report.verified)} folder(s)")
         elif not dry_run:

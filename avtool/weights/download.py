@@ -207,7 +207,7 @@ class Installer:
                 unreachable = f"cannot reach {constants.ENDPOINT} ({e})"
         if listing is None:
             if manifest is not None and manifest["source"].get("revision") == revision \
-                    and manifest["source"].get("variant") == self.variant:
+                    and manifest["source"].get("variant") == self._variant(component):
                 return manifest["source"], [RemoteFile(name, e["size"], e["sha256"]) for name, e in manifest["files"].items()]
             listing = _cached_files(component.repo, revision)
             if listing is None:
@@ -217,13 +217,13 @@ class Installer:
                 return None
         commit, files = listing
         by_path = {f.path: f for f in files}
-        selected = select_files(list(by_path), component.allow, self.variant if self.variant in component.variants else None)
+        selected = select_files(list(by_path), component.allow, self._variant(component))
         if not selected:
             self.report.problem(model_id, self.weights_dir / component.folder,
                                 f"{component.repo}@{revision}: no files match {', '.join(component.allow)}")
             return None
         source = {"kind": "hub", "repo": component.repo, "revision": revision, "commit": commit,
-                  "variant": self.variant if self.variant in component.variants else None}
+                  "variant": self._variant(component)}
         if unreachable is not None:
             return source, [by_path[p] for p in selected]
         try:
@@ -231,6 +231,9 @@ class Installer:
         except WeightsError as e:
             self.report.problem(model_id, self.weights_dir / component.folder, e.message, e.hint)
             return None
+
+    def _variant(self, component: Component) -> str | None:
+        return self.variant if self.variant in component.variants else None
 
     # -- one file -----------------------------------------------------------------------------------
 
@@ -499,6 +502,17 @@ def folders_with_manifest(weights_dir: Path) -> dict[str, str]:
         if manifest is not None:
             found[path.name] = manifest["source"].get("model", path.name)
     return found
+
+
+def listing(weights_dir: Path) -> list[dict[str, Any]]:
+    """Every registry model with its sizes, licences, and the state of its folders under `weights_dir`."""
+    from avtool.weights.registry import MODELS
+    from avtool.weights.tiny import BUILDERS
+
+    return [{"id": m.id, "needed_by": list(m.needed_by), "approx_gb": round(m.approx_gb, 2), "note": m.unavailable or m.note,
+             "licences": sorted({c.licence for c in m.components}), "tiny": m.id in BUILDERS,
+             "components": [{**folder_status(weights_dir, c.folder), "source": c.source} for c in m.components]}
+            for m in MODELS.values()]
 
 
 def folder_status(weights_dir: Path, folder: str) -> dict[str, Any]:
