@@ -33,6 +33,7 @@ from avtool.weights.manifest import (
     MANIFEST_NAME,
     Digests,
     digests,
+    digests_against,
     folder_files,
     matches,
     read_manifest,
@@ -258,9 +259,9 @@ class Installer:
         if previous and dest.is_file() and dest.stat().st_size == previous["size"] == remote.size \
                 and remote.digest == previous["sha256"]:
             self.report.skipped.append({**entry, "reason": "same content in the previous manifest"})
-            return Digests(previous["size"], previous["sha256"], "")
+            return Digests(previous["size"], previous["sha256"])
         if dest.is_file():
-            found = digests(dest)
+            found = digests_against(dest, remote.digest)
             if matches(found, remote.size, remote.digest):
                 self.report.skipped.append({**entry, "reason": "already present"})
                 return found
@@ -291,7 +292,7 @@ class Installer:
             hint = f"put the file at {dest} by hand (from {component.url})" if component.kind == "url" else e.hint
             self.report.problem(model_id, dest, e.message, hint)
             return None
-        found = digests(part)
+        found = digests_against(part, remote.digest)
         if not matches(found, remote.size, remote.digest):
             part.unlink()
             self.report.problem(model_id, dest, f"{dest}: downloaded file does not match the hub listing "
@@ -313,7 +314,7 @@ class Installer:
             os.link(blob, staging)
         except OSError:
             shutil.copyfile(blob, staging)
-        found = digests(staging)
+        found = digests_against(staging, remote.digest)
         if not matches(found, remote.size, remote.digest):
             staging.unlink()
             return None

@@ -24,19 +24,29 @@ _CHUNK = 1 << 20
 class Digests:
     size: int
     sha256: str
-    git_sha1: str  # the git blob id: what the hub lists for files not stored in LFS
+    git_sha1: str | None = None  # the git blob id: what the hub lists for files not stored in LFS
 
 
-def digests(path: str | os.PathLike) -> Digests:
-    """Size, sha256 and git blob sha1 of a file, in one read."""
+def is_git_blob_id(digest: str | None) -> bool:
+    return digest is not None and len(digest) == 40
+
+
+def digests(path: str | os.PathLike, git_blob: bool = False) -> Digests:
+    """Size and sha256 of a file, and with `git_blob` its git blob sha1 too, in one read."""
     size = os.path.getsize(path)
     sha256 = hashlib.sha256()
-    git_sha1 = hashlib.sha1(b"blob %d\0" % size)
+    git_sha1 = hashlib.sha1(b"blob %d\0" % size) if git_blob else None
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             sha256.update(chunk)
-            git_sha1.update(chunk)
-    return Digests(size, sha256.hexdigest(), git_sha1.hexdigest())
+            if git_sha1 is not None:
+                git_sha1.update(chunk)
+    return Digests(size, sha256.hexdigest(), git_sha1.hexdigest() if git_sha1 else None)
+
+
+def digests_against(path: str | os.PathLike, expected: str | None) -> Digests:
+    """`digests`, with the git blob id only when `expected` is one (hashing twice costs time on 40 GB files)."""
+    return digests(path, git_blob=is_git_blob_id(expected))
 
 
 def matches(found: Digests, size: int | None, digest: str | None) -> bool:
@@ -45,7 +55,7 @@ def matches(found: Digests, size: int | None, digest: str | None) -> bool:
         return False
     if digest is None:
         return True
-    return digest.lower() in (found.sha256, found.git_sha1)
+    return digest.lower() == (found.git_sha1 if is_git_blob_id(digest) else found.sha256)
 
 
 def folder_files(folder: Path) -> list[str]:
