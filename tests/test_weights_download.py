@@ -170,6 +170,8 @@ def test_offline_mode_uses_a_warm_cache(hub, tmp_path):
     assert {e["from"] for e in json.loads(result.stdout)["fetched"]} == {"cache"}
     assert_installed(weights)
     assert len(hub.state.log) == requests_before  # not one request
+    again = fetch(hub, weights, "musicinfuser", "--json", offline=True)
+    assert again.returncode == 0 and len(json.loads(again.stdout)["skipped"]) == len(WANTED)
 
     cold = {**hub.env, "HF_HOME": str(tmp_path / "cold")}
     result = run_avtool("download-weights", "musicinfuser", "--dir", tmp_path / "other",

@@ -75,6 +75,13 @@ def test_tiny_defaults_to_the_weights_dir_tiny_subfolder(fake_builder, tmp_path)
     assert (tmp_path / "w" / "tiny" / "musicinfuser" / "avtool-manifest.json").is_file()
 
 
+def test_tiny_dry_run_builds_nothing(fake_builder, tmp_path):
+    result = invoke("--tiny", "--dry-run", "--dir", tmp_path / "t", "--json")
+    assert result.exit_code == 0, result.output
+    assert [e["action"] for e in json.loads(result.stdout)["planned"]] == ["build tiny musicinfuser"]
+    assert not (tmp_path / "t").exists()
+
+
 def test_tiny_for_a_model_without_builder_is_bad_input(fake_builder, tmp_path):
     result = invoke("--tiny", "--dir", tmp_path, "vidmuse")
     assert result.exit_code == 2
