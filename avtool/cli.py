@@ -166,9 +166,75 @@ def probe_(
 
 
 @command("download-weights")
-def download_weights(models: Annotated[Optional[list[str]], typer.Argument(help="Model ids.")] = None, *, json: bool, quiet: bool) -> None:
+def download_weights(
+    models: Annotated[Optional[list[str]], typer.Argument(help="Model ids; none: list the models and what is present.", show_default=False)] = None,
+    weights_dir: Annotated[Optional[Path], typer.Option("--dir", "--weights-dir", help="Weights folder (default: $AVTOOL_WEIGHTS or ./weights; with --tiny, its tiny/ subfolder).", file_okay=False, show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be fetched; change nothing.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-hash files against each folder's manifest and report changed or missing ones; download nothing.")] = False,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit) of the model's own repository instead of the registry's.")] = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", help="Weight variant where a repository offers one (mochi-1-preview: bf16).")] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Write small seeded random checkpoints in the real layouts (nothing downloads).")] = False,
+    *,
+    json: bool,
+    quiet: bool,
+) -> None:
     """Fetch, verify and lay out model weights (--tiny writes small random checkpoints)."""
-    _not_available("download-weights")
+    from avtool.errors import BadInput, WeightsError
+    from avtool.ui import print_json, say
+    from avtool.weights import download, registry
+    from avtool.weights.layout import default_weights_dir
+    from avtool.weights.tiny import BUILDERS
+
+    chosen = [registry.get_model(m) for m in dict.fromkeys(models or [])]
+    if tiny and (unknown := [m.id for m in chosen if m.id not in BUILDERS]):
+        raise BadInput(f"--tiny {unknown[0]}: no tiny builder registered", hint=f"registered: {', '.join(BUILDERS) or 'none'}")
+    if revision is not None and len(chosen) != 1:
+        raise BadInput("--revision needs exactly one model to fetch")
+    if variant is not None and not any(variant in c.variants for m in chosen for c in m.components):
+        raise BadInput(f"--variant {variant}: not offered by the models named",
+                       hint="offered: " + ", ".join(f"{m.id} ({'/'.join(c.variants)})" for m in registry.MODELS.values() for c in m.components if c.variants))
+    root = weights_dir or (default_weights_dir() / "tiny" if tiny else default_weights_dir())
+    report = download.Report()
+    echo = (lambda message: None) if quiet else say
+
+    if verify:
+        folders = {c.folder: m.id for m in chosen for c in m.components} if chosen else download.folders_with_manifest(root)
+        download.verify(root, folders, report)
+    elif tiny:
+        built = [m.id for m in chosen] or list(BUILDERS)
+        if dry_run:
+            report.planned += [{"model": m, "folder": str(root), "file": None, "bytes": None, "action": f"build tiny {m}"} for m in built]
+        else:
+            download.install_tiny(root, built, report, echo)
+    elif chosen:
+        installer = download.Installer(root, report, echo, quiet=quiet, variant=variant)
+        for model in chosen:
+            installer.install(model, dry_run=dry_run, revision=revision)
+    else:
+        listing = download.listing(root)
+        if json:
+            print_json({"weights_dir": str(root), "models": listing})
+        else:
+            for entry in listing:
+                states = ", ".join(f"{c['folder']}/ {c['state']} ({c['bytes'] / 1e9:.2f} GB)" for c in entry["components"])
+                say(f"{entry['id']:<16} ~{entry['approx_gb']:.1f} GB  for {', '.join(entry['needed_by'])}: {states or entry['note']}")
+        return
+
+    if json:
+        print_json({"weights_dir": str(root), **report.as_dict()})
+    else:
+        for item in report.planned:
+            target = f"{item['folder']}/{item['file']}" if item["file"] else item["folder"]
+            say(f"would {item['action']}: {target}" + (f" ({item['bytes']} bytes)" if item["bytes"] else ""))
+        if verify:
+            echo(f"{root}: verified {sum(v['ok'] for v in report.verified)} of {len(report.verified)} folder(s)")
+        elif not dry_run:
+            fetched_bytes = sum(item["bytes"] for item in report.fetched)
+            echo(f"{root}: fetched {len(report.fetched)} file(s) ({fetched_bytes / 1e6:.1f} MB), {len(report.skipped)} already present")
+    for problem in report.problems[:-1]:
+        say(f"[bold red]error:[/] {problem['problem']}" + (f"\nhint: {problem['hint']}" if problem["hint"] else ""))
+    if report.problems:
+        raise WeightsError(report.problems[-1]["problem"], hint=report.problems[-1]["hint"])
 
 
 @command("preprocess")

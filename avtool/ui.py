@@ -7,17 +7,30 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 stderr = Console(stderr=True, highlight=False)
 
 
-def progress(quiet: bool = False) -> Progress:
-    """A rich progress bar on stderr; silent with -q or when stderr is not a terminal."""
+def progress(quiet: bool = False, transfer: bool = False) -> Progress:
+    """A rich progress bar on stderr; silent with -q or when stderr is not a terminal.
+
+    `transfer`: tasks count bytes (sizes and speed shown) instead of items.
+    """
+    counts = (DownloadColumn(), TransferSpeedColumn()) if transfer else (MofNCompleteColumn(),)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        *counts,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=stderr,
@@ -29,7 +42,7 @@ def progress(quiet: bool = False) -> Progress:
 def say(message: str, quiet: bool = False) -> None:
     """One line of human output on stderr."""
     if not quiet:
-        stderr.print(message)
+        stderr.print(message, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:
