@@ -44,6 +44,8 @@ _LORA_TARGETS = {  # genmo projection -> diffusers Linear(s) in `transformer_blo
     "proj_x": ("to_out.0",),
     "proj_y": ("to_add_out",),
 }
+_LORA_SOURCE = {name: projection for projection, names in _LORA_TARGETS.items() for name in names}
+_DIFFUSERS_LORA_TARGET = re.compile(r"transformer_blocks\.(\d+)\.attn1\.(" + "|".join(map(re.escape, _LORA_SOURCE)) + r")\.weight")
 _AUDIO_PREFIXES = ("audio_projection.", "audio_cross_attn_blocks.")
 _MOCHI_INIT_KEYS = frozenset(inspect.signature(MochiTransformer3DModel.__init__).parameters) - {"self"}
 
@@ -184,7 +186,7 @@ class ConvertedAdapter:
     audio: dict[str, torch.Tensor]  # audio_projection.* / audio_cross_attn_blocks.*, upstream names
     audio_cross_attn_layers: tuple[int, ...]
     used_keys: set[str] = field(default_factory=set)  # source keys consumed by lora or audio
-    unused_keys: list[str] = field(default_factory=list)  # source keys that fit neither (sorted)
+    unused_keys: list[str] = field(default_factory=list)  # source keys that fit neither, sorted
 
     @property
     def audio_dim(self) -> int:
@@ -194,69 +196,60 @@ class ConvertedAdapter:
 def convert_adapter(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> ConvertedAdapter:
     """Map a genmo-layout MusicInfuser adapter onto diffusers names (tensors may live on the meta device).
 
-    Raises WeightsError for unreadable LoRA settings or an incomplete LoRA pair; keys that fit no pattern
-    are returned in `unused_keys` for `check_adapter` to report.
+    Raises WeightsError for unreadable LoRA settings or LoRA shapes that contradict them. Keys that fit no
+    pattern, and LoRA halves without their partner, are left in `unused_keys` for `check_adapter` to report.
     """
     metadata = metadata or {}
     try:
         kwargs = json.loads(metadata["kwargs"])
-        scales = {
-            "qkv": kwargs["qkv_proj_lora_alpha"] / kwargs["qkv_proj_lora_rank"],
-            "proj": kwargs["out_proj_lora_alpha"] / kwargs["out_proj_lora_rank"],
-        }
-        ranks = {"qkv": kwargs["qkv_proj_lora_rank"], "proj": kwargs["out_proj_lora_rank"]}
+        ranks = {"qkv": int(kwargs["qkv_proj_lora_rank"]), "proj": int(kwargs["out_proj_lora_rank"])}
+        scales = {"qkv": kwargs["qkv_proj_lora_alpha"] / ranks["qkv"], "proj": kwargs["out_proj_lora_alpha"] / ranks["proj"]}
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
-        raise WeightsError(f"adapter metadata 'kwargs' lacks valid LoRA rank/alpha ({error!r})") from error
+        raise WeightsError(f"adapter: metadata 'kwargs' lacks valid LoRA rank/alpha ({error!r})") from error
     layers = tuple(json.loads(metadata[LAYERS_METADATA_KEY])) if LAYERS_METADATA_KEY in metadata else AUDIO_CROSS_ATTN_LAYERS
 
-    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    audio: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    for key, tensor in state_dict.items():
+    pairs: dict[tuple[int, str], dict[str, str]] = {}
+    audio = {key: tensor for key, tensor in state_dict.items() if key.startswith(_AUDIO_PREFIXES)}
+    for key in state_dict:
         if match := _LORA_KEY.fullmatch(key):
-            pairs.setdefault((int(match[1]), match[2]), {})[match[3]] = tensor
-            used.add(key)
-        elif key.startswith(_AUDIO_PREFIXES):
-            audio[key] = tensor
-            used.add(key)
-    unused = sorted(set(state_dict) - used)
+            pairs.setdefault((int(match[1]), match[2]), {})[match[3]] = key
 
     lora: dict[str, LoraFactors] = {}
-    for (block, projection), factors in sorted(pairs.items()):
-        kind = projection[:-2] if projection.startswith("qkv") else "proj"
-        source = f"blocks.{block}.attn.{projection}"
-        missing = [f"{source}.lora_{half}" for half in "AB" if half not in factors]
-        if missing:
-            raise WeightsError(f"adapter: missing key {missing[0]}" + _listing(", unexpected keys", unused))
-        down, up = factors["A"], factors["B"]
+    used = set(audio)
+    for (block, projection), halves in sorted(pairs.items()):
+        if len(halves) < 2:
+            continue
+        down, up = state_dict[halves["A"]], state_dict[halves["B"]]
+        kind = "qkv" if projection.startswith("qkv") else "proj"
         targets = _LORA_TARGETS[projection]
         if down.shape[0] != ranks[kind] or up.shape[1] != ranks[kind] or up.shape[0] % len(targets):
-            raise WeightsError(f"adapter: {source}.lora_A/B shapes {tuple(down.shape)}/{tuple(up.shape)} "
-                               f"do not fit rank {ranks[kind]} with {len(targets)} packed projections")
+            raise WeightsError(f"adapter: blocks.{block}.attn.{projection}.lora_A/B shapes {tuple(down.shape)}/"
+                               f"{tuple(up.shape)} do not fit rank {ranks[kind]} with {len(targets)} packed projections")
         for name, rows in zip(targets, up.chunk(len(targets), dim=0), strict=True):
             lora[f"transformer_blocks.{block}.attn1.{name}.weight"] = LoraFactors(down, rows, scales[kind])
-    return ConvertedAdapter(lora, audio, layers, used, unused)
+        used.update(halves.values())
+    return ConvertedAdapter(lora, audio, layers, used, sorted(set(state_dict) - used))
 
 
 def check_adapter(adapter: ConvertedAdapter, model: nn.Module) -> None:
-    """Raise WeightsError naming the first offending keys unless `adapter` covers `model` exactly.
+    """Raise WeightsError naming the first offending (upstream-named) keys unless `adapter` fits `model` exactly.
 
-    Every LoRA-able attention projection of the model needs an update of its shape, every audio parameter
-    a tensor of its shape, and nothing may be left over.
+    Every LoRA-able attention projection of the model needs its LoRA pair, every audio parameter a tensor,
+    all of the model's shapes, and no key of the file may be left over.
     """
     model_shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    lora_targets = {key for key in model_shapes if key.startswith("transformer_blocks.")
-                    and any(key.endswith(f".attn1.{name}.weight") for names in _LORA_TARGETS.values() for name in names)}
-    audio_keys = {key for key in model_shapes if key.startswith(_AUDIO_PREFIXES)}
+    expected: set[str] = {key for key in model_shapes if key.startswith(_AUDIO_PREFIXES)}
+    for key in model_shapes:
+        if match := _DIFFUSERS_LORA_TARGET.fullmatch(key):
+            source = f"blocks.{match[1]}.attn.{_LORA_SOURCE[match[2]]}"
+            expected.update((f"{source}.lora_A", f"{source}.lora_B"))
+    present = adapter.used_keys | set(adapter.unused_keys)
     offered = {key: tuple(factors.shape) for key, factors in adapter.lora.items()}
     offered.update({key: tuple(tensor.shape) for key, tensor in adapter.audio.items()})
-
-    unexpected = list(adapter.unused_keys) + sorted(set(offered) - lora_targets - audio_keys)
-    missing = sorted((lora_targets | audio_keys) - set(offered))
-    wrong_shape = [f"{key} {offered[key]} != {model_shapes[key]}" for key in sorted(set(offered) & set(model_shapes))
-                   if offered[key] != model_shapes[key]]
-    problems = _listing("unexpected keys", unexpected) + _listing("missing keys", missing) \
-        + _listing("wrong shapes", wrong_shape)
+    wrong_shape = [f"{key} {shape} != {model_shapes[key]}" for key, shape in sorted(offered.items())
+                   if key in model_shapes and shape != model_shapes[key]]
+    problems = (_listing("unexpected keys", sorted(present - expected)) + _listing("missing keys", sorted(expected - present))
+                + _listing("wrong shapes", wrong_shape))
     if problems:
         raise WeightsError("adapter does not fit the transformer:" + problems.lstrip(","))
 
