@@ -178,3 +178,25 @@ def test_wav2vec_features_use_upstream_normalisation(encoder):
     torch.testing.assert_close(features, expected)
     assert encoder(audio(seconds=2.5)).shape[1] == 124  # training clips: 40,000 samples → 124 frames
     assert encoder(audio()).shape[1] == 245  # 145 frames → 78,774 samples → 245 frames
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_weights, encoder):
+    model = load_dance_transformer(tiny_weights, "cpu", torch.float32).train()
+    parameters = list(model.audio_cross_attn_blocks.parameters()) + list(model.audio_projection.parameters())
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    music = encoder(audio())
+
+    def gradients():
+        model.zero_grad()
+        model(**inputs(), audio_features=music).square().mean().backward()
+        return [parameter.grad.clone() for parameter in parameters]
+
+    plain = gradients()
+    model.enable_gradient_checkpointing()
+    checkpoint, calls = model._gradient_checkpointing_func, []
+    model._gradient_checkpointing_func = lambda *args: calls.append(args[0]) or checkpoint(*args)
+    for checkpointed, expected in zip(gradients(), plain, strict=True):
+        torch.testing.assert_close(checkpointed, expected)
+    assert calls == list(model.transformer_blocks)
+    assert any(gradient.abs().sum() > 0 for gradient in plain)

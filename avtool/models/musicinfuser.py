@@ -142,13 +142,11 @@ class MusicInfuserTransformer(MochiTransformer3DModel):
             audio = audio.expand(batch, -1, -1)  # one clip serves both CFG branches
 
         for i, block in enumerate(self.transformer_blocks):
-            tokens, encoder_hidden_states = block(
-                hidden_states=tokens,
-                encoder_hidden_states=encoder_hidden_states,
-                temb=temb,
-                encoder_attention_mask=encoder_attention_mask,
-                image_rotary_emb=rotary,
-            )
+            block_inputs = (tokens, encoder_hidden_states, temb, encoder_attention_mask, rotary)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                tokens, encoder_hidden_states = self._gradient_checkpointing_func(block, *block_inputs)
+            else:
+                tokens, encoder_hidden_states = block(*block_inputs)
             if audio is not None and i in self._audio_block_after:
                 tokens = self.audio_cross_attn_blocks[self._audio_block_after[i]](tokens, audio.to(tokens.dtype))
 
@@ -206,7 +204,10 @@ def convert_adapter(state_dict: dict[str, torch.Tensor], metadata: dict[str, str
         scales = {"qkv": kwargs["qkv_proj_lora_alpha"] / ranks["qkv"], "proj": kwargs["out_proj_lora_alpha"] / ranks["proj"]}
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
         raise WeightsError(f"adapter: metadata 'kwargs' lacks valid LoRA rank/alpha ({error!r})") from error
-    layers = tuple(json.loads(metadata[LAYERS_METADATA_KEY])) if LAYERS_METADATA_KEY in metadata else AUDIO_CROSS_ATTN_LAYERS
+    try:
+        layers = tuple(int(i) for i in json.loads(metadata.get(LAYERS_METADATA_KEY, json.dumps(AUDIO_CROSS_ATTN_LAYERS))))
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"adapter: metadata '{LAYERS_METADATA_KEY}' is not a list of block indices ({error!r})") from error
 
     pairs: dict[tuple[int, str], dict[str, str]] = {}
     audio = {key: tensor for key, tensor in state_dict.items() if key.startswith(_AUDIO_PREFIXES)}
@@ -280,7 +281,10 @@ def load_dance_transformer(
         adapter_path = require_files(weights_dir, ADAPTER_FOLDER, [ADAPTER_FILE], ADAPTER_FOLDER) / ADAPTER_FILE
         converted = _read_adapter(adapter_path)
 
-    config = json.loads((transformer_dir / "config.json").read_text())
+    try:
+        config = json.loads((transformer_dir / "config.json").read_text())
+    except ValueError as error:
+        raise WeightsError(f"{transformer_dir / 'config.json'}: not valid JSON ({error})", model=MOCHI_FOLDER) from error
     mochi_config = {key: value for key, value in config.items() if key in _MOCHI_INIT_KEYS}
     sample_size = {key: config[key] for key in ("sample_height", "sample_width") if key in config}
     try:
