@@ -188,3 +188,16 @@ def test_tiny_builds_are_deterministic_and_small(tiny_weights, tmp_path):
     first, second = digests(tiny_weights), digests(tmp_path)
     assert first == second and len(first) > 15
     assert sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()) < 8_000_000
+
+
+@pytest.mark.parametrize("shard_size", ["200KB", "10GB"])
+def test_bf16_variant_files_load_like_the_default_ones(weights_copy, shard_size):
+    transformer = weights_copy / "mochi-1-preview" / "transformer"
+    expected = load_dance_transformer(weights_copy, "cpu", torch.bfloat16, adapter=False).state_dict()
+    MochiTransformer3DModel.from_pretrained(transformer).to(torch.bfloat16).save_pretrained(
+        transformer, variant="bf16", max_shard_size=shard_size)
+    for path in transformer.glob("diffusion_pytorch_model*"):
+        if ".bf16" not in path.name:
+            path.unlink()
+    loaded = load_dance_transformer(weights_copy, "cpu", torch.bfloat16, adapter=False).state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[key], expected[key]) for key in expected)

@@ -355,15 +355,19 @@ def _read_base_state(
 
 
 def _transformer_shards(weights_dir: Path, transformer_dir: Path) -> list[Path]:
-    """The transformer's safetensors files: the shards named by the index, else the single file."""
-    index = transformer_dir / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, AttributeError) as error:
-            raise WeightsError(f"{index}: unreadable shard index ({error})", model=MOCHI_FOLDER) from error
-    else:
-        names = ["diffusion_pytorch_model.safetensors"]
+    """The transformer's safetensors files: sharded (index) or single, untagged else a diffusers variant (bf16/fp16)."""
+    names = ["diffusion_pytorch_model.safetensors"]
+    for tag in ("", ".bf16", ".fp16"):
+        index = transformer_dir / f"diffusion_pytorch_model.safetensors.index{tag}.json"
+        if index.is_file():
+            try:
+                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, AttributeError) as error:
+                raise WeightsError(f"{index}: unreadable shard index ({error})", model=MOCHI_FOLDER) from error
+            break
+        if (transformer_dir / f"diffusion_pytorch_model{tag}.safetensors").is_file():
+            names = [f"diffusion_pytorch_model{tag}.safetensors"]
+            break
     require_files(weights_dir, MOCHI_FOLDER, [f"transformer/{name}" for name in names], MOCHI_FOLDER)
     return [transformer_dir / name for name in names]
 
