@@ -111,7 +111,7 @@ def test_renamed_adapter_key_exits_3(avtool, tiny_weights, song, tmp_path):
     run = avtool(*dance_args(weights, song, "--num-frames", "7", "--output-dir", tmp_path / "out"))
     assert run.returncode == 3, run.stderr
     assert victim.replace("lora_A", "lora_a") in run.stderr and "download-weights musicinfuser" in run.stderr
-    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_ctrl_c_during_sampling_exits_130_and_leaves_no_file(tiny_weights, song, tmp_path):

@@ -129,7 +129,7 @@ def dance(inputs: list[Path], request: DanceRequest, opts: GenerationOptions) ->
         timings["features"] = clock.lap()
 
         # 5. Sample the latents from seeded noise (drawn on the CPU: the same seed gives the same video on any device).
-        say(f"{job.input} -> {job.output}: seed {job.seed}, excerpt from {start:.2f} s, {steps} steps", opts.quiet)
+        say(f"{job.input.name} -> {job.output.name}: seed {job.seed}, excerpt at {start:.2f} s, {steps} steps", opts.quiet)
         noise = initial_noise(job.seed, request.num_frames, height, width).to(device)
         latents = sample_latents(step, noise, sigmas, text, text_mask, audio, opts.quiet)
         timings["sampling"] = clock.lap()
