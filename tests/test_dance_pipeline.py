@@ -8,6 +8,7 @@ import torch
 from diffusers import MochiPipeline
 from mediagen import ffmpeg
 
+from avtool.media import load_audio, probe
 from avtool.models.musicinfuser import Wav2VecEncoder, load_dance_transformer
 from avtool.pipelines import dance as pipeline
 from avtool.pipelines.common import GenerationOptions
@@ -70,13 +71,16 @@ def test_music_matters_and_a_seed_repeats_bit_for_bit(tiny_weights):
 def test_excerpt_is_seeded_padded_and_at_the_original_rate(tmp_path):
     song = tmp_path / "song.wav"
     ffmpeg("-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*(200+150*t)*t)|0.3*sin(2*PI*300*t):s=22050:d=3", str(song))
-    request = pipeline.DanceRequest(num_frames=13)
+    info, request = probe(song).require_audio(), pipeline.DanceRequest(num_frames=13)
     length = int(np.ceil(22050 * (13 / 30 + 0.09)))
-    a, rate, start_a = pipeline.music_excerpt(song, 22050, request, seed=1)
-    b, _, start_b = pipeline.music_excerpt(song, 22050, request, seed=1)
-    _, _, start_c = pipeline.music_excerpt(song, 22050, request, seed=2)
+    a, rate, start_a = pipeline.music_excerpt(song, info, request, seed=1)
+    b, _, start_b = pipeline.music_excerpt(song, info, request, seed=1)
+    _, _, start_c = pipeline.music_excerpt(song, info, request, seed=2)
     assert rate == 22050 and a.shape == (2, length) and np.array_equal(a, b) and start_a == start_b != start_c
-    tail, _, start = pipeline.music_excerpt(song, 22050, pipeline.DanceRequest(num_frames=13, start=2.8), seed=1)
+    excerpt, _ = load_audio(song, mono=False)
+    first = round(start_a * 22050)
+    np.testing.assert_allclose(a, excerpt[:, first:first + length], atol=1e-6)  # the window decoded is the one drawn
+    tail, _, start = pipeline.music_excerpt(song, info, pipeline.DanceRequest(num_frames=13, start=2.8), seed=1)
     assert start == pytest.approx(2.8) and tail.shape == (2, length)
     assert np.abs(tail[:, : int(0.15 * 22050)]).max() > 0.1 and not tail[:, int(0.25 * 22050):].any()  # zero-padded
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from avtool.errors import BadInput
-from avtool.media import ensure_output_dir, load_audio, probe, write_video
+from avtool.media import AudioStreamInfo, ensure_output_dir, load_audio, probe, write_video
 from avtool.media.audio import resample
 from avtool.media.video import fit_length
 from avtool.pipelines.common import GenerationOptions, plan_jobs, resolve_device, resolve_dtype, write_sidecar
@@ -123,7 +123,7 @@ def dance(inputs: list[Path], request: DanceRequest, opts: GenerationOptions) ->
         timings: dict[str, float] = {}
 
         # 4. The song's excerpt (channel 0 resampled to 16 kHz, as upstream), and its wav2vec2 features.
-        excerpt, sample_rate, start = music_excerpt(job.input, songs[job.input].sample_rate, request, job.seed)
+        excerpt, sample_rate, start = music_excerpt(job.input, songs[job.input], request, job.seed)
         wave_16k = fit_length(resample(excerpt[0], sample_rate, WAV2VEC_RATE), math.ceil(WAV2VEC_RATE * excerpt_seconds(request)))
         audio = wav2vec(wave_16k).to(device, dtype)
         timings["features"] = clock.lap()
@@ -216,20 +216,21 @@ def excerpt_seconds(request: DanceRequest) -> float:
     return request.num_frames / MODEL_FPS + EXCERPT_PAD_SECONDS
 
 
-def music_excerpt(path: Path, sample_rate: int, request: DanceRequest, seed: int) -> tuple[np.ndarray, int, float]:
+def music_excerpt(path: Path, song: AudioStreamInfo, request: DanceRequest, seed: int) -> tuple[np.ndarray, int, float]:
     """The excerpt at the file's own rate, (channels, n), zero-padded if the song is shorter; and its start in seconds.
 
     Without --start the start sample is drawn as upstream draws it (`random.randint` seeded with the seed),
     so the same seed picks the same excerpt. Only the excerpt's window is decoded.
     """
-    length = math.ceil(sample_rate * excerpt_seconds(request))
+    rate = song.sample_rate
+    length = math.ceil(rate * excerpt_seconds(request))
     if request.start is not None:
-        first = round(request.start * sample_rate)
+        first = round(request.start * rate)
     else:
-        total = round(probe(path).require_audio().duration * sample_rate)
+        total = round(song.duration * rate)
         first = random.Random(seed).randint(0, total - length) if total > length else 0
-    samples, sample_rate = load_audio(path, mono=False, start=first / sample_rate, duration=length / sample_rate)
-    return fit_length(samples, length), sample_rate, first / sample_rate
+    samples, rate = load_audio(path, mono=False, start=first / rate, duration=length / rate)
+    return fit_length(samples, length), rate, first / rate
 
 
 # --------------------------------------------------------------------------------------------------------------
