@@ -96,3 +96,18 @@ def test_several_seeds_load_the_models_once(tiny_weights, tmp_path, monkeypatch)
     assert len(loads) == 1
     assert [r.seed for r in results] == [1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == [f"song_generated_seed{s}.mp4" for s in (1, 2, 3)]
+
+
+def test_variant_only_folders_load(tiny_weights, tmp_path):
+    """`download-weights --variant bf16` keeps only `*.bf16*` weight files; the VAE and T5 must still load."""
+    from diffusers import AutoencoderKLMochi
+    from transformers import T5EncoderModel
+
+    for cls, name in ((AutoencoderKLMochi, "vae"), (T5EncoderModel, "text_encoder")):
+        original = cls.from_pretrained(tiny_weights / "mochi-1-preview" / name)
+        original.save_pretrained(tmp_path / name, variant="bf16", max_shard_size="20KB")
+        assert pipeline.weights_variant(tmp_path / name) == "bf16"
+        loaded = pipeline.load_pretrained(cls, tmp_path / name)
+        for (key, expected), got in zip(original.state_dict().items(), loaded.state_dict().values(), strict=True):
+            assert torch.equal(expected, got), key
+    assert pipeline.weights_variant(tiny_weights / "mochi-1-preview" / "vae") is None

@@ -237,12 +237,20 @@ def music_excerpt(path: Path, song: AudioStreamInfo, request: DanceRequest, seed
 # Models
 
 
-def _from_pretrained(cls, folder: Path, **kwargs):
+def weights_variant(folder: Path) -> str | None:
+    """The variant tag (bf16, fp16) of a folder that holds only variant weight files (`download-weights --variant`), else None."""
+    names = [path.name for path in folder.glob("*.safetensors")]
+    tagged = {tag for tag in ("bf16", "fp16") for name in names if f".{tag}" in name}
+    untagged = [name for name in names if not any(f".{tag}" in name for tag in ("bf16", "fp16"))]
+    return None if untagged or len(tagged) != 1 else tagged.pop()
+
+
+def load_pretrained(cls, folder: Path, **kwargs):
     """`cls.from_pretrained(folder)`, with a broken or incomplete folder reported as a weights error (exit 3)."""
     from avtool.errors import WeightsError
 
     try:
-        return cls.from_pretrained(folder, **kwargs)
+        return cls.from_pretrained(folder, variant=weights_variant(folder), **kwargs)
     except (OSError, ValueError, KeyError) as error:
         raise WeightsError(f"{folder}: cannot load {cls.__name__} ({str(error).splitlines()[0]})",
                            model=folder.parent.name) from error
@@ -257,8 +265,8 @@ def encode_prompt(weights: DanceWeights, prompt: str, device: str, dtype):
     import torch
     from transformers import AutoTokenizer, T5EncoderModel
 
-    tokenizer = _from_pretrained(AutoTokenizer, weights.mochi / "tokenizer")
-    text_encoder = _from_pretrained(T5EncoderModel, weights.mochi / "text_encoder", dtype=dtype).to(device).eval()
+    tokenizer = load_pretrained(AutoTokenizer, weights.mochi / "tokenizer")
+    text_encoder = load_pretrained(T5EncoderModel, weights.mochi / "text_encoder", dtype=dtype).to(device).eval()
     embeds, masks = [], []
     for text in ("", prompt):
         tokens = tokenizer(text, padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
@@ -280,7 +288,7 @@ def load_models(weights: DanceWeights, device: str, dtype, tiling: bool):
     from avtool.models.musicinfuser import Wav2VecEncoder, load_dance_transformer
 
     transformer = load_dance_transformer(weights.root, device, dtype)
-    vae = _from_pretrained(AutoencoderKLMochi, weights.mochi / "vae", torch_dtype=dtype).to(device).eval()
+    vae = load_pretrained(AutoencoderKLMochi, weights.mochi / "vae", torch_dtype=dtype).to(device).eval()
     if tiling:
         vae.enable_tiling()  # spatial tiles of 256 px with overlap blending
     wav2vec = Wav2VecEncoder.from_folder(weights.wav2vec, device)
