@@ -121,7 +121,7 @@ class MusicInfuserTransformer(MochiTransformer3DModel):
         encoder_attention_mask: torch.Tensor,
         audio_features: torch.Tensor | None = None,
         return_dict: bool = False,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | Transformer2DModelOutput:
         """Predict the flow (x0 − ε) for latents (B, C, T, H, W); audio_features (B or 1, T_a, audio_dim) or None."""
         batch, _, num_frames, height, width = hidden_states.shape
         p = self.config.patch_size
