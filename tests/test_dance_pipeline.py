@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import MochiPipeline
-from mediagen import ffmpeg
+from mediagen import clip, ffmpeg
 
 from avtool.media import load_audio, probe
 from avtool.models.musicinfuser import Wav2VecEncoder, load_dance_transformer
@@ -86,8 +86,7 @@ def test_excerpt_is_seeded_padded_and_at_the_original_rate(tmp_path):
 
 
 def test_several_seeds_load_the_models_once(tiny_weights, tmp_path, monkeypatch):
-    song = tmp_path / "song.wav"
-    ffmpeg("-f", "lavfi", "-i", "sine=frequency=330:sample_rate=16000:duration=2", str(song))
+    song = clip(tmp_path / "song.mp4", seconds=2, size="64x48")  # the music comes from the container's audio track
     loads = []
     real_load = pipeline.load_models
     monkeypatch.setattr(pipeline, "load_models", lambda *args: loads.append(args) or real_load(*args))
