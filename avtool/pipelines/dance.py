@@ -151,7 +151,7 @@ def dance(inputs: list[Path], request: DanceRequest, opts: GenerationOptions) ->
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Validation (no torch)
+# Validation (before any model loads)
 
 
 def check_options(request: DanceRequest, opts: GenerationOptions) -> None:
