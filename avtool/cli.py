@@ -244,9 +244,37 @@ def preprocess(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
 
 
 @command("dance", generation=True)
-def dance(inputs: Inputs = None, *, json: bool, quiet: bool, common: GenerationOptions) -> None:
-    """Music (mp3/wav/mp4...) to a dance video with the music muxed in (MusicInfuser)."""
-    _not_available("dance")
+def dance(
+    inputs: Inputs = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text prompt (default: MusicInfuser's K-pop dancer prompt).", show_default=False)] = None,
+    num_frames: Annotated[int, typer.Option("--num-frames", help="Frames to generate; must be 6k+1 (7, 13, ..., 145).")] = 145,
+    cfg_scale: Annotated[float, typer.Option("--cfg-scale", help="Text classifier-free guidance scale.")] = 6.0,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video.")] = 30.0,
+    height: Annotated[Optional[int], typer.Option("--height", help="Height in pixels, a multiple of 16 (default: from the weights' config).", show_default=False)] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Width in pixels, a multiple of 16 (default: from the weights' config).", show_default=False)] = None,
+    start: Annotated[Optional[float], typer.Option("--start", help="Excerpt start in seconds (default: drawn from the seed).", show_default=False)] = None,
+    runner: Annotated[str, typer.Option("--runner", help="Denoiser step runner: auto (cuda-graph on CUDA, eager on CPU), eager, compile or cuda-graph.")] = "auto",
+    tiling: Annotated[bool, typer.Option("--tiling", help="Decode with spatial VAE tiles (bounded memory).")] = False,
+    *,
+    json: bool,
+    quiet: bool,
+    common: GenerationOptions,
+) -> None:
+    """Music (mp3/wav/flac/m4a/mp4/mov) to a dance video with the music's excerpt muxed in (MusicInfuser)."""
+    from dataclasses import asdict
+
+    from avtool.errors import BadInput
+    from avtool.pipelines.dance import DEFAULT_PROMPT, DanceRequest
+    from avtool.pipelines.dance import dance as run_dance
+    from avtool.ui import print_json
+
+    if not inputs:
+        raise BadInput("no input: give one or more music files (mp3, wav, flac, m4a, mp4, mov)")
+    request = DanceRequest(prompt=DEFAULT_PROMPT if prompt is None else prompt, num_frames=num_frames, cfg_scale=cfg_scale,
+                           fps=fps, height=height, width=width, start=start, runner=runner, tiling=tiling)
+    for result in run_dance(inputs, request, common):
+        if json:
+            print_json(asdict(result))
 
 
 @command("score", generation=True)

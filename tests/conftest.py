@@ -20,3 +20,13 @@ def run_avtool(*args: str, cwd: Path | None = None, env: dict | None = None, tim
 @pytest.fixture
 def avtool():
     return run_avtool
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A weights folder with tiny mochi-1-preview, musicinfuser and wav2vec2-base-960h, built once per session."""
+    from avtool.weights.tiny import build_tiny
+
+    weights_dir = tmp_path_factory.mktemp("weights")
+    build_tiny(weights_dir, ["mochi-1-preview", "musicinfuser"])
+    return weights_dir

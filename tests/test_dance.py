@@ -1,0 +1,145 @@
+"""`avtool dance` end to end through the CLI on tiny weights."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO
+from mediagen import clip, ffmpeg
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from avtool.media import load_audio, probe
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory):
+    """A 6 s stereo chirp: its pitch changes every instant, so a misplaced excerpt does not correlate."""
+    path = tmp_path_factory.mktemp("music") / "song.wav"
+    ffmpeg("-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*(200+150*t)*t)|0.4*sin(2*PI*(900-100*t)*t):s=44100:d=6", str(path))
+    return path
+
+
+def dance_args(weights, *extra):
+    return ["dance", "--weights-dir", weights, "--steps", "2", *extra]
+
+
+def test_dance_writes_the_video_with_the_excerpt(avtool, tiny_weights, song, tmp_path):
+    out = tmp_path / "out"
+    run = avtool(*dance_args(tiny_weights, song, "--num-frames", "13", "--seed", "3", "--fps", "24", "--height", "48",
+                             "--width", "64", "--output-dir", out, "--json"))
+    assert run.returncode == 0, run.stderr
+    [result] = [json.loads(line) for line in run.stdout.splitlines()]
+    video = out / "song_generated.mp4"
+    assert result["output"] == str(video) and result["seed"] == 3
+    info = probe(video)
+    assert (info.video.num_frames, info.video.fps, info.video.width, info.video.height) == (13, 24, 64, 48)
+    assert (info.audio.sample_rate, info.audio.channels) == (44100, 2)
+
+    seconds = 13 / 24
+    excerpt, _ = load_audio(song, mono=False, start=result["start"], duration=seconds)
+    muxed, _ = load_audio(video, mono=False)
+    n = min(excerpt.shape[1], muxed.shape[1])
+    assert n > 0.9 * seconds * 44100
+    for channel in range(2):
+        assert np.corrcoef(excerpt[channel, :n], muxed[channel, :n])[0, 1] > 0.95
+    sidecar = json.loads((out / "song_generated.mp4.json").read_text())
+    assert sidecar["seed"] == 3 and sidecar["excerpt_start"] == result["start"] and sidecar["num_frames"] == 13
+
+
+def test_skip_existing_and_default_size(avtool, tiny_weights, song, tmp_path):
+    out = tmp_path / "out"
+    first = avtool(*dance_args(tiny_weights, song, "--num-frames", "7", "--seed", "1", "--seed", "2", "--output-dir", out))
+    assert first.returncode == 0, first.stderr
+    videos = [out / f"song_generated_seed{s}.mp4" for s in (1, 2)]
+    info = probe(videos[0]).video
+    assert (info.num_frames, info.width, info.height) == (7, 48, 32)  # the tiny transformer's sample size x 8
+    stamps = [v.stat().st_mtime_ns for v in videos]
+    videos[1].unlink()
+    again = avtool(*dance_args(tiny_weights, song, "--num-frames", "7", "--seed", "1", "--seed", "2", "--output-dir", out,
+                               "--skip-existing", "--json"))
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["seed"] for line in again.stdout.splitlines()] == [2]
+    assert videos[0].stat().st_mtime_ns == stamps[0] and videos[1].exists()
+
+
+def test_bad_num_frames_names_the_nearest_valid_values(avtool, song, tmp_path):
+    run = avtool("dance", song, "--num-frames", "100", "--weights-dir", tmp_path / "none")
+    assert run.returncode == 2
+    assert "--num-frames 100" in run.stderr and "97 or 103" in run.stderr
+
+
+def test_bad_inputs_and_options_exit_2(avtool, tiny_weights, tmp_path):
+    silent = clip(tmp_path / "silent.mp4", seconds=1, audio=False)
+    run = avtool(*dance_args(tiny_weights, silent, "--num-frames", "7"))
+    assert run.returncode == 2 and "has no audio track" in run.stderr
+    run = avtool(*dance_args(tiny_weights, tmp_path / "missing.mp3"))
+    assert run.returncode == 2 and "missing.mp3: no such file" in run.stderr
+
+
+def test_cuda_graph_without_cuda_exits_2(avtool, tiny_weights, song, tmp_path):
+    run = avtool(*dance_args(tiny_weights, song, "--num-frames", "7", "--device", "cpu", "--runner", "cuda-graph",
+                             "--output-dir", tmp_path))
+    assert run.returncode == 2 and "--runner cuda-graph needs a CUDA device" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_weights_exit_3_with_the_download_hint(avtool, song, tmp_path):
+    run = avtool("dance", song, "--num-frames", "7", "--weights-dir", tmp_path / "weights", "--output-dir", tmp_path / "out")
+    assert run.returncode == 3
+    assert "mochi-1-preview" in run.stderr and "avtool download-weights mochi-1-preview" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_renamed_adapter_key_exits_3(avtool, tiny_weights, song, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    adapter = weights / "musicinfuser" / "musicinfuser.safetensors"
+    with safe_open(adapter, "pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    victim = next(key for key in sorted(tensors) if "lora_A" in key)
+    tensors[victim.replace("lora_A", "lora_a")] = tensors.pop(victim)
+    save_file(tensors, adapter, metadata=metadata)
+    run = avtool(*dance_args(weights, song, "--num-frames", "7", "--output-dir", tmp_path / "out"))
+    assert run.returncode == 3, run.stderr
+    assert victim.replace("lora_A", "lora_a") in run.stderr and "download-weights musicinfuser" in run.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_ctrl_c_during_sampling_exits_130_and_leaves_no_file(tiny_weights, song, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "COLUMNS": "1000"}  # one message per line
+    proc = subprocess.Popen([sys.executable, "-m", "avtool", *map(str, dance_args(tiny_weights, song)), "--steps", "100000",
+                             "--num-frames", "7", "--seed", "1", "--output-dir", out],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    sampling, lines = threading.Event(), []
+
+    def watch() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if " -> " in line and "steps" in line:  # the pipeline announces each job right before sampling it
+                sampling.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert sampling.wait(timeout=120), "".join(lines)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        watcher.join(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, "".join(lines)
+    assert "interrupted" in "".join(lines)
+    assert list(out.iterdir()) == []  # neither the video, nor its sidecar, nor a temporary file
