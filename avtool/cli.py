@@ -230,7 +230,8 @@ def download_weights(
             echo(f"{root}: verified {sum(v['ok'] for v in report.verified)} of {len(report.verified)} folder(s)")
         elif not dry_run:
             fetched_bytes = sum(item["bytes"] for item in report.fetched)
-            echo(f"{root}: fetched {len(report.fetched)} file(s) ({fetched_bytes / 1e6:.1f} MB), {len(report.skipped)} already present")
+            verb = "built" if tiny else "fetched"
+            echo(f"{root}: {verb} {len(report.fetched)} file(s) ({fetched_bytes / 1e6:.1f} MB), {len(report.skipped)} already present")
     for problem in report.problems[:-1]:
         say(f"[bold red]error:[/] {problem['problem']}" + (f"\nhint: {problem['hint']}" if problem["hint"] else ""))
     if report.problems:

@@ -10,8 +10,7 @@ SONG=outputs/demo/song.wav
 mkdir -p outputs/demo
 
 if [ ! -f "$WEIGHTS/musicinfuser/musicinfuser.safetensors" ] || [ ! -f "$WEIGHTS/mochi-1-preview/model_index.json" ]; then
-    echo "building tiny weights in $WEIGHTS"
-    $PY -c "from avtool.weights.tiny import build_tiny; build_tiny('$WEIGHTS', ['mochi-1-preview', 'musicinfuser'])"
+    $PY -m avtool download-weights --tiny mochi-1-preview musicinfuser --dir "$WEIGHTS"
 fi
 
 $PY - "$SONG" <<'PY'
