@@ -18,8 +18,10 @@ BUILDERS: dict[str, str] = {
 def build_tiny(weights_dir: Path, models: list[str] | None = None) -> list[str]:
     """Write the tiny checkpoints of `models` (all registered ones if None) under `weights_dir`; return their ids."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()  # save_pretrained's per-shard bars are noise for files this small
+    transformers_logging.disable_progress_bar()
     built = []
     for model in models or list(BUILDERS):
         module_name, _, function = BUILDERS[model].partition(":")
