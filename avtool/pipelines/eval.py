@@ -76,9 +76,9 @@ def plan_jobs(request: EvalRequest) -> list[EvalJob]:
     for path in request.reference_audio:
         probe(path).require_audio()
 
-    needs = {m: ["audio", "video"] for m in VIDEO_METRICS}
+    needs = {m: ["video", "audio"] for m in VIDEO_METRICS}
     needs.update({m: ["audio", "reference"] for m in REFERENCE_METRICS})
-    needs["bas"] = ["audio"] if request.joints else ["audio", "video"]
+    needs["bas"] = ["audio"] if request.joints else ["video", "audio"]
     jobs = []
     for index, path in enumerate(request.files):
         info = probe(path)
