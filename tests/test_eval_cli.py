@@ -54,7 +54,9 @@ def test_all_metrics_with_plot_match_the_hand_counts(avtool, media, tmp_path):
     assert {"bas-flow-bailando", "bas-flow-fact", "beat-hit-d2m"} <= set(scores)
     assert report["mean"] == scores and row["fps"] == FPS and row["frames"] == 30
     assert row["plot"] == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary file left
+    sidecar = strict_json((out.parent / "bursts.png.json").read_text())
+    assert sidecar["scores"] == scores and "eval" in sidecar["command"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bursts.png", "bursts.png.json"]  # no temporary file left
 
 
 def test_many_files_rows_mean_and_plot_per_file(avtool, media, tmp_path):
@@ -72,7 +74,8 @@ def test_many_files_rows_mean_and_plot_per_file(avtool, media, tmp_path):
     # the embedded AAC audio gives the number computed from the same decoded samples
     y, sr = load_audio(media["with_audio"], sr=SR)
     assert values[0] == pytest.approx(av_align(audio_onsets(y, sr), motion_curve(media["with_audio"])).score, abs=1e-12)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p_pattern.png", "p_with_audio.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p_pattern.png", "p_pattern.png.json", "p_with_audio.png",
+                                                          "p_with_audio.png.json"]
 
     table = avtool("eval", media["with_audio"], pattern, "--metric", "av-align-2023", "-q")
     assert table.returncode == 0, table.stderr

@@ -6,7 +6,8 @@
    compute each metric once from these shared features.
 3. Mean over files of every value that is defined (a value is None, with a reason, where the metric is undefined:
    JSON never holds NaN).
-4. Plot: one PNG per file with both curves, their peaks and the matched pairs of `av-align`.
+4. Plot: one PNG per file with both curves, their peaks and the matched pairs of `av-align`, and its sidecar
+   `<plot>.json` (command, versions, the file's row, timing).
 
 Metric names and what they compute are documented in `avtool.analysis.av_align`, `.beats` and `.bas`.
 """
@@ -14,6 +15,7 @@ Metric names and what they compute are documented in `avtool.analysis.av_align`,
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +132,7 @@ def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str,
     from avtool.analysis import av_align, bas, beats
     from avtool.analysis.motion import motion_curve
 
+    started = time.perf_counter()
     row: dict = {"file": str(job.file), "audio": str(job.audio), "scores": {}, "reasons": {}, "details": {}, "plot": None}
     needs_video = bool(set(job.metrics) & set(VIDEO_METRICS)) or job.plot is not None or ("bas" in job.metrics and job.joints is None)
     needs_onsets = bool(set(job.metrics) & set(VIDEO_METRICS)) or job.plot is not None
@@ -179,12 +182,18 @@ def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str,
             _put(row, f"{prefix}-{result.direction}", result.score, result.reason,
                  {"music_beats": len(result.music_beats), "motion_beats": len(result.motion_beats), "fps": fps})
 
-    if job.plot is not None:
-        from avtool.analysis.plot import plot_alignment
-
-        row["plot"] = str(plot_alignment(job.plot, onsets, motion, results["av-align"], job.file.name))
     if not row["reasons"]:
         del row["reasons"]
+    if job.plot is not None:
+        import cv2
+        import librosa
+
+        from avtool.analysis.plot import plot_alignment
+        from avtool.pipelines.common import write_sidecar
+
+        row["plot"] = str(plot_alignment(job.plot, onsets, motion, results["av-align"], job.file.name))
+        write_sidecar(job.plot, {**row, "libraries": {"librosa": librosa.__version__, "opencv": cv2.__version__},
+                                 "timings": {"seconds": round(time.perf_counter() - started, 3)}})
     return row
 
 
