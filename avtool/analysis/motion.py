@@ -53,8 +53,9 @@ def flow_magnitude(prev_gray: np.ndarray, gray: np.ndarray) -> float:
     import cv2
 
     flow = cv2.calcOpticalFlowFarneback(prev_gray, gray, None, *FARNEBACK_PARAMS)
-    fx, fy = flow[..., 0], flow[..., 1]
-    magnitude = np.sqrt(fx * fx + fy * fy)  # float32, as cv2.magnitude; see the module notes for why numpy
+    squares = np.square(flow)
+    magnitude = squares[..., 0] + squares[..., 1]  # float32 sqrt(fx² + fy²), as cv2.magnitude (see the module notes)
+    np.sqrt(magnitude, out=magnitude)
     return float(np.add.reduce(magnitude, axis=None, dtype=np.float64)) / magnitude.size
 
 
