@@ -103,7 +103,7 @@ def plan_jobs(request: EvalRequest) -> list[EvalJob]:
             for metric in metrics:
                 problem = next((missing[n] for n in needs[metric] if missing[n]), None)
                 if problem:
-                    raise BadInput(f"{metric}: {problem}")
+                    raise BadInput(f"{metric}: {problem}", hint="`avtool eval --help` says what each metric needs")
         if request.plot is not None and (missing["audio"] or missing["video"]):
             raise BadInput(f"--plot: {missing['video'] or missing['audio']}", hint="the plot needs audio and video")
         jobs.append(EvalJob(path, Path(audio), metrics, num_frames, Path(reference) if reference else None,
