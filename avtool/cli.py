@@ -303,9 +303,76 @@ def train(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
 
 
 @command("eval")
-def eval_(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
-    """Audio-visual alignment metrics (AV-Align, beat coverage/hit, BAS) with plots."""
-    _not_available("eval")
+def eval_(
+    inputs: Annotated[list[Path], typer.Argument(help="Videos with their own audio track (or one video plus --audio).", show_default=False)],
+    audio: Annotated[Optional[Path], typer.Option("--audio", help="Audio for the single input file (a .wav beside an .mp4, as AV-Align's folders hold).")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric to compute; repeat for several. `all`: every metric the inputs allow. Default: av-align.")] = None,
+    reference_audio: Annotated[Optional[list[Path]], typer.Option("--reference-audio", help="Ground-truth music for beat-coverage/beat-hit(-d2m): one, or one per input file.")] = None,
+    joints: Annotated[Optional[Path], typer.Option("--joints", help="(T, J, 3) joint positions .npy of the single input file's dance, for bas.")] = None,
+    motion_fps: Annotated[float, typer.Option("--motion-fps", help="Frame rate of --joints.")] = 60.0,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="PNG of onset envelope, motion curve, peaks and matched pairs; with many files OUT_<stem>.png each.", dir_okay=False)] = None,
+    *,
+    json: bool,
+    quiet: bool,
+) -> None:
+    """Audio-visual alignment metrics with plots; per-file rows and the mean.
+
+    \b
+    av-align           TempoTokens AV-Align, current code (flow peaks
+                       >= 0.1, one-to-one matching)
+    av-align-2023      its first version (no threshold, many-to-one;
+                       can exceed 1)
+    beat-coverage, beat-hit
+                       Beats_Scores: onsets in 1-s bins vs --reference-audio
+    beat-coverage-d2m, beat-hit-d2m
+                       Dance2Music-Diffusion: beat_track, first 131073 samples
+    bas                Beat Alignment Score, sigma 3 frames, Bailando (mean
+                       over music beats) and FACT (mean over motion beats):
+                       bas-bailando/bas-fact from --joints; for a plain video
+                       bas-flow-bailando/bas-flow-fact from the optical-flow
+                       curve, a weight-free PROXY, comparable only with itself.
+
+    An undefined value (e.g. no peaks on either side) is null with a reason.
+    """
+    from avtool.pipelines.eval import EvalRequest, evaluate
+    from avtool.ui import print_json, progress, say
+
+    request = EvalRequest(files=inputs, metrics=metric or ["av-align"], audio=audio, reference_audio=reference_audio or [],
+                          joints=joints, motion_fps=motion_fps, plot=plot)
+    with progress(quiet) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(file: str, done: int, total: int) -> None:
+            if file not in tasks:
+                tasks[file] = bar.add_task(f"optical flow {Path(file).name}", total=total or None)
+            bar.update(tasks[file], completed=done)
+
+        result = evaluate(request, on_progress)
+    if json:
+        print_json(result)
+        return
+    _print_eval_table(result)
+    for row in result["files"]:
+        for name, reason in row.get("reasons", {}).items():
+            say(f"{row['file']}: {name} undefined: {reason}", quiet)
+        if row["plot"]:
+            say(f"plot: {row['plot']}", quiet)
+
+
+def _print_eval_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(result["mean"])
+    table = Table(box=None, pad_edge=False)
+    for column in ["file", *names]:
+        table.add_column(column, justify="left" if column == "file" else "right")
+    cell = lambda value: "n/a" if value is None else f"{value:.4f}"  # noqa: E731
+    for row in result["files"]:
+        table.add_row(row["file"], *(cell(row["scores"].get(name)) for name in names))
+    if len(result["files"]) > 1:
+        table.add_row(f"mean of {len(result['files'])} files", *(cell(result["mean"][name]) for name in names))
+    Console(highlight=False, soft_wrap=True).print(table)
 
 
 def main() -> None:

@@ -1,0 +1,245 @@
+"""`avtool eval`: media files → alignment metrics per file, their mean over files, and plots.
+
+1. Plan: probe every input, decide where each file's audio comes from and which metrics it allows; an explicitly
+   requested metric that a file cannot give is an error before any decoding (`--metric all`: what the inputs allow).
+2. Per file: decode the audio at 22 050 Hz (onsets, beats), the video with cv2 (motion curve), the joints file;
+   compute each metric once from these shared features.
+3. Mean over files of every value that is defined (a value is None, with a reason, where the metric is undefined:
+   JSON never holds NaN).
+4. Plot: one PNG per file with both curves, their peaks and the matched pairs of `av-align`, and its sidecar
+   `<plot>.json` (command, versions, the file's row, timing).
+
+Metric names and what they compute are documented in `avtool.analysis.av_align`, `.beats` and `.bas`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avtool.errors import BadInput
+from avtool.media import load_audio, probe
+
+METRICS = ("av-align", "av-align-2023", "beat-coverage", "beat-hit", "beat-coverage-d2m", "beat-hit-d2m", "bas")
+DEFAULT_METRICS = ("av-align",)
+VIDEO_METRICS = ("av-align", "av-align-2023")
+REFERENCE_METRICS = ("beat-coverage", "beat-hit", "beat-coverage-d2m", "beat-hit-d2m")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    files: list[Path]
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))  # names from METRICS, or ["all"]
+    audio: Path | None = None  # audio for the single input file
+    reference_audio: list[Path] = field(default_factory=list)  # one for all files' beat scores, or one per file
+    joints: Path | None = None  # (T, J, 3) .npy for the single input file's BAS
+    motion_fps: float = 60.0  # frame rate of `joints`
+    plot: Path | None = None
+    workers: int | None = None  # Farneback threads (default: usable cores)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One input file, planned: where its audio comes from and the metrics to compute."""
+
+    file: Path
+    audio: Path
+    metrics: list[str]
+    num_frames: int  # 0 without a usable video track
+    reference_audio: Path | None
+    joints: Path | None
+    plot: Path | None
+
+
+def plan_jobs(request: EvalRequest) -> list[EvalJob]:
+    """Validate every input and option; one job per file. Raises BadInput naming the file and the problem."""
+    if not request.files:
+        raise BadInput("no input files", hint="avtool eval VIDEO [...]")
+    unknown = [m for m in request.metrics if m not in (*METRICS, "all")]
+    if unknown:
+        raise BadInput(f"--metric {unknown[0]}: unknown metric", hint=f"choose from: all, {', '.join(METRICS)}")
+    many = len(request.files) > 1
+    for option, value in (("--audio", request.audio), ("--joints", request.joints)):
+        if value is not None and many:
+            raise BadInput(f"{option} applies to one input file, got {len(request.files)}")
+    if len(request.reference_audio) not in (0, 1, len(request.files)):
+        raise BadInput(f"--reference-audio: give one, or one per input file ({len(request.files)})")
+    if not request.motion_fps > 0:
+        raise BadInput(f"--motion-fps {request.motion_fps}: must be positive")
+    if request.plot is not None and request.plot.suffix.lower() != ".png":
+        raise BadInput(f"--plot {request.plot}: must name a .png file")
+    if request.joints is not None:
+        _check_joints(request.joints)
+    for path in request.reference_audio:
+        probe(path).require_audio()
+
+    needs = {m: ["video", "audio"] for m in VIDEO_METRICS}
+    needs.update({m: ["audio", "reference"] for m in REFERENCE_METRICS})
+    needs["bas"] = ["audio"] if request.joints else ["video", "audio"]
+    jobs = []
+    for index, path in enumerate(request.files):
+        info = probe(path)
+        num_frames = info.video.num_frames if info.video is not None else 0
+        audio = request.audio or path
+        has_audio = (probe(request.audio) if request.audio else info).audio is not None
+        reference = request.reference_audio[index if len(request.reference_audio) > 1 else 0] if request.reference_audio else None
+        missing = {
+            "video": None if num_frames >= 2 else (f"{path}: has no video track" if num_frames == 0
+                                                   else f"{path}: has {num_frames} frame; optical flow needs at least two"),
+            "audio": None if has_audio else f"{audio}: has no audio track" + ("" if request.audio else "; give --audio"),
+            "reference": None if reference else "needs --reference-audio",
+        }
+        if request.metrics == ["all"]:
+            metrics = [m for m in METRICS if not any(missing[n] for n in needs[m])]
+            if not metrics:
+                raise BadInput(f"{path}: no metric applies", hint=next(msg for msg in missing.values() if msg))
+        else:
+            metrics = list(dict.fromkeys(request.metrics))
+            for metric in metrics:
+                problem = next((missing[n] for n in needs[metric] if missing[n]), None)
+                if problem:
+                    raise BadInput(f"{metric}: {problem}", hint="`avtool eval --help` says what each metric needs")
+        if request.plot is not None and (missing["audio"] or missing["video"]):
+            raise BadInput(f"--plot: {missing['video'] or missing['audio']}", hint="the plot needs audio and video")
+        jobs.append(EvalJob(path, Path(audio), metrics, num_frames, Path(reference) if reference else None,
+                            request.joints, _plot_path(request.plot, request.files, index)))
+    return jobs
+
+
+def evaluate(request: EvalRequest, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Run every job; returns {"files": [row, ...], "mean": {name: value or None}, "scored": {name: files}}.
+
+    `on_progress(file, frames_done, frames_total)` is called while a video is decoded.
+    """
+    jobs = plan_jobs(request)
+    rows = [evaluate_job(job, request, on_progress) for job in jobs]
+    names = list(dict.fromkeys(name for row in rows for name in row["scores"]))
+    mean, scored = {}, {}
+    for name in names:
+        values = [row["scores"][name] for row in rows if row["scores"].get(name) is not None]
+        mean[name] = float(np.mean(values)) if values else None
+        scored[name] = len(values)
+    return {"files": rows, "mean": mean, "scored": scored}
+
+
+def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """All metrics of one file as a row: {"file", "audio", "scores", "reasons", "details", "plot"}."""
+    from avtool.analysis import av_align, bas, beats
+    from avtool.analysis.motion import motion_curve
+
+    started = time.perf_counter()
+    row: dict = {"file": str(job.file), "audio": str(job.audio), "scores": {}, "reasons": {}, "details": {}, "plot": None}
+    needs_video = bool(set(job.metrics) & set(VIDEO_METRICS)) or job.plot is not None or ("bas" in job.metrics and job.joints is None)
+    needs_onsets = bool(set(job.metrics) & set(VIDEO_METRICS)) or job.plot is not None
+    audio_22k = _load_mono(job.audio, av_align.AUDIO_SR) if needs_onsets or set(job.metrics) & set(REFERENCE_METRICS) else None
+
+    motion = None
+    if needs_video:
+        done = 0
+
+        def frame_done() -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None and done % 10 == 0:
+                on_progress(str(job.file), done, job.num_frames)
+
+        motion = motion_curve(job.file, request.workers, frame_done)
+        row["fps"], row["frames"] = motion.fps, len(motion.values)
+
+    onsets = av_align.audio_onsets(audio_22k) if needs_onsets else None
+    results = {}
+    for variant in av_align.VARIANTS:
+        if variant in job.metrics or (variant == "av-align" and job.plot is not None):
+            results[variant] = av_align.av_align(onsets, motion, variant)
+    for variant, result in results.items():
+        if variant in job.metrics:
+            _put(row, variant, result.score, result.reason,
+                 {"audio_peaks": len(result.audio_peaks), "video_peaks": len(result.video_peaks), "matches": len(result.matches)})
+
+    if "beat-coverage" in job.metrics or "beat-hit" in job.metrics:
+        scores = beats.beat_coverage_hit(audio_22k, _load_mono(job.reference_audio, beats.AUDIO_SR))
+        _put_beat_scores(row, "", scores, job.metrics)
+    if "beat-coverage-d2m" in job.metrics or "beat-hit-d2m" in job.metrics:
+        scores = beats.beat_coverage_hit_d2m(audio_22k, _load_mono(job.reference_audio, beats.AUDIO_SR))
+        _put_beat_scores(row, "-d2m", scores, job.metrics)
+
+    if "bas" in job.metrics:
+        if job.joints is not None:
+            joints, fps, prefix = np.load(job.joints, allow_pickle=False), request.motion_fps, "bas"
+            speed, envelope = bas.joint_speed(joints), bas.joint_envelope(joints)
+        else:
+            fps, prefix = motion.fps, "bas-flow"
+            speed, envelope = bas.flow_speed(motion.values), bas.flow_envelope(motion.values)
+        music_sr = bas.music_sample_rate(fps)
+        music = _load_mono(job.audio, music_sr)
+        for result in (bas.bas_bailando(speed, bas.music_beats(music, music_sr, fps, "bailando")),
+                       bas.bas_fact(envelope, bas.music_beats(music, music_sr, fps, "fact"), fps)):
+            _put(row, f"{prefix}-{result.direction}", result.score, result.reason,
+                 {"music_beats": len(result.music_beats), "motion_beats": len(result.motion_beats), "fps": fps})
+
+    if not row["reasons"]:
+        del row["reasons"]
+    if job.plot is not None:
+        import cv2
+        import librosa
+
+        from avtool.analysis.plot import plot_alignment
+        from avtool.pipelines.common import write_sidecar
+
+        row["plot"] = str(plot_alignment(job.plot, onsets, motion, results["av-align"], job.file.name))
+        write_sidecar(job.plot, {**row, "libraries": {"librosa": librosa.__version__, "opencv": cv2.__version__},
+                                 "timings": {"seconds": round(time.perf_counter() - started, 3)}})
+    return row
+
+
+def _put(row: dict, name: str, value: float | None, reason: str | None, details: dict) -> None:
+    if value is not None and not math.isfinite(value):
+        value, reason = None, "not a finite number"
+    row["scores"][name] = value
+    if value is None:
+        row["reasons"][name] = reason
+    row["details"][name] = details
+
+
+def _put_beat_scores(row: dict, suffix: str, scores, metrics: list[str]) -> None:
+    counts = {"generated": scores.generated, "reference": scores.reference, "aligned": scores.aligned}
+    for kind, value in (("coverage", scores.coverage), ("hit", scores.hit)):
+        name = f"beat-{kind}{suffix}"
+        if name in metrics:
+            _put(row, name, value, scores.reason, counts)
+
+
+def _load_mono(path: Path, sr: int) -> np.ndarray:
+    samples, _ = load_audio(path, sr=sr)
+    if samples.size == 0:
+        raise BadInput(f"{path}: the audio track is empty")
+    return samples
+
+
+def _check_joints(path: Path) -> None:
+    """BadInput unless `path` is a .npy of finite numbers shaped (T >= 3, J, 3)."""
+    from avtool.media import check_input_file
+
+    check_input_file(path)
+    try:
+        joints = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise BadInput(f"--joints {path}: not a numpy .npy array ({e})") from None
+    if joints.ndim != 3 or joints.shape[2] != 3 or joints.shape[0] < 3 or not np.issubdtype(joints.dtype, np.number):
+        raise BadInput(f"--joints {path}: expected a numeric (frames >= 3, joints, 3) array, got {joints.dtype} {joints.shape}")
+    if not np.isfinite(joints).all():
+        raise BadInput(f"--joints {path}: holds NaN or infinite values")
+
+
+def _plot_path(plot: Path | None, files: list[Path], index: int) -> Path | None:
+    """OUT.png for one file; OUT_<stem>.png each for many (OUT_<n>_<stem>.png, n from 1, when two stems clash)."""
+    if plot is None or len(files) == 1:
+        return plot
+    stems = [f.stem for f in files]
+    label = stems[index] if len(set(stems)) == len(stems) else f"{index + 1}_{stems[index]}"
+    return plot.with_name(f"{plot.stem}_{label}{plot.suffix}")
