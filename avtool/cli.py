@@ -367,7 +367,10 @@ def _print_eval_table(result: dict) -> None:
     table = Table(box=None, pad_edge=False)
     for column in ["file", *names]:
         table.add_column(column, justify="left" if column == "file" else "right")
-    cell = lambda value: "n/a" if value is None else f"{value:.4f}"  # noqa: E731
+
+    def cell(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
     for row in result["files"]:
         table.add_row(row["file"], *(cell(row["scores"].get(name)) for name in names))
     if len(result["files"]) > 1:
