@@ -26,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # evalgen: the reference implementation the tests compare against
 
 
 def make_media(folder: Path, seconds: float, size: str, fps: int) -> tuple[Path, Path]:
@@ -50,37 +51,12 @@ def warm_up_librosa() -> None:
 
 
 def reference(video: Path, audio: Path) -> float:
-    """The reference's structure: librosa.load, all frames in a list, one Farneback after another."""
-    import cv2
+    """The reference's structure (librosa.load, all frames in a list, one Farneback after another), single-threaded."""
     import librosa
+    from evalgen import reference_av_align
 
     y, sr = librosa.load(str(audio))
-    onset_env = librosa.onset.onset_strength(y=y, sr=sr)
-    audio_peaks = librosa.frames_to_time(librosa.onset.onset_detect(onset_envelope=onset_env, sr=sr), sr=sr)
-    capture = cv2.VideoCapture(str(video))
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-
-    def flow(a, b):
-        f = cv2.calcOpticalFlowFarneback(cv2.cvtColor(a, cv2.COLOR_BGR2GRAY), cv2.cvtColor(b, cv2.COLOR_BGR2GRAY),
-                                         None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        return cv2.mean(cv2.magnitude(f[..., 0], f[..., 1]))[0]
-
-    curve = [flow(frames[0], frames[1])] + [flow(frames[i - 1], frames[i]) for i in range(1, len(frames))]
-    video_peaks = [i / fps for i in range(1, len(curve) - 1) if curve[i - 1] < curve[i] > curve[i + 1] and curve[i] >= 0.1]
-    matched, used = 0, [False] * len(video_peaks)
-    for a in audio_peaks:
-        for j, v in enumerate(video_peaks):
-            if not used[j] and v - 1 / fps < a < v + 1 / fps:
-                matched, used[j] = matched + 1, True
-                break
-    return matched / (len(audio_peaks) + len(video_peaks) - matched)
+    return reference_av_align(y, sr, video, "2025", single_threaded=True)[0]
 
 
 def avtool(video: Path, audio: Path, workers: int | None) -> float:
@@ -132,7 +108,7 @@ def main() -> None:
         runs = []
         for seconds in (args.short, args.seconds):
             video, audio = make_media(Path(tmp), seconds, args.size, args.fps)
-            runs.append((seconds, "reference (OpenCV default threads)", measure("reference", video, audio)))
+            runs.append((seconds, "reference (single-threaded)", measure("reference", video, audio)))
             if seconds == args.seconds:
                 runs.append((seconds, "avtool, 1 worker", measure("avtool", video, audio, "--workers", "1")))
             runs.append((seconds, f"avtool, {cores} workers", measure("avtool", video, audio)))
@@ -141,7 +117,7 @@ def main() -> None:
             print(f"{seconds:>5g}s  {name:<36}{r['wall_s']:8.1f}{r['cpu_s']:8.1f}{r['peak_rss_mib']:14.0f}  {r['score']:.12f}")
         for seconds in (args.short, args.seconds):
             by_name = {name: r for s, name, r in runs if s == seconds}
-            base = by_name["reference (OpenCV default threads)"]
+            base = by_name["reference (single-threaded)"]
             fast = by_name[f"avtool, {cores} workers"]
             print(f"{seconds:g}s: avtool {cores} workers is {base['wall_s'] / fast['wall_s']:.2f}x faster than the reference; "
                   f"|score difference| = {abs(base['score'] - fast['score']):.2e}")
