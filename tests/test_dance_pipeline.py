@@ -13,6 +13,7 @@ from avtool.models.musicinfuser import Wav2VecEncoder, load_dance_transformer
 from avtool.pipelines import dance as pipeline
 from avtool.pipelines.common import GenerationOptions
 from avtool.sampling import StepRunner, TextCfgDenoiser, linear_quadratic_sigmas
+from avtool.weights.layout import weights_variant
 from avtool.weights.tiny.musicinfuser import write_adapter
 
 FRAMES, HEIGHT, WIDTH, STEPS, CFG = 7, 32, 48, 3, 6.0
@@ -105,8 +106,8 @@ def test_variant_only_folders_load(tiny_weights, tmp_path):
     for cls, name in ((AutoencoderKLMochi, "vae"), (T5EncoderModel, "text_encoder")):
         original = cls.from_pretrained(tiny_weights / "mochi-1-preview" / name)
         original.save_pretrained(tmp_path / name, variant="bf16", max_shard_size="20KB")
-        assert pipeline.weights_variant(tmp_path / name) == "bf16"
+        assert weights_variant(tmp_path / name) == "bf16"
         loaded = pipeline.load_pretrained(cls, tmp_path / name)
         for (key, expected), got in zip(original.state_dict().items(), loaded.state_dict().values(), strict=True):
             assert torch.equal(expected, got), key
-    assert pipeline.weights_variant(tiny_weights / "mochi-1-preview" / "vae") is None
+    assert weights_variant(tiny_weights / "mochi-1-preview" / "vae") is None

@@ -25,7 +25,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from avtool.errors import WeightsError
-from avtool.weights.layout import require_files
+from avtool.weights.layout import require_files, weights_variant
 
 AUDIO_CROSS_ATTN_LAYERS = (6, 7, 8, 9, 10, 21, 34, 35, 36, 38, 39, 43, 44, 45, 46, 47)
 AUDIO_CROSS_ATTN_HEADS = 8
@@ -356,18 +356,15 @@ def _read_base_state(
 
 def _transformer_shards(weights_dir: Path, transformer_dir: Path) -> list[Path]:
     """The transformer's safetensors files: sharded (index) or single, untagged else a diffusers variant (bf16/fp16)."""
-    names = ["diffusion_pytorch_model.safetensors"]
-    for tag in ("", ".bf16", ".fp16"):
-        index = transformer_dir / f"diffusion_pytorch_model.safetensors.index{tag}.json"
-        if index.is_file():
-            try:
-                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError, AttributeError) as error:
-                raise WeightsError(f"{index}: unreadable shard index ({error})", model=MOCHI_FOLDER) from error
-            break
-        if (transformer_dir / f"diffusion_pytorch_model{tag}.safetensors").is_file():
-            names = [f"diffusion_pytorch_model{tag}.safetensors"]
-            break
+    variant = weights_variant(transformer_dir)
+    tag = f".{variant}" if variant else ""
+    index = transformer_dir / f"diffusion_pytorch_model.safetensors.index{tag}.json"
+    names = [f"diffusion_pytorch_model{tag}.safetensors"]
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as error:
+            raise WeightsError(f"{index}: unreadable shard index ({error})", model=MOCHI_FOLDER) from error
     require_files(weights_dir, MOCHI_FOLDER, [f"transformer/{name}" for name in names], MOCHI_FOLDER)
     return [transformer_dir / name for name in names]
 

@@ -12,7 +12,6 @@ Importing this module imports no torch: option and input errors answer before an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -237,17 +236,10 @@ def music_excerpt(path: Path, song: AudioStreamInfo, request: DanceRequest, seed
 # Models
 
 
-def weights_variant(folder: Path) -> str | None:
-    """The variant tag (bf16, fp16) of a folder that holds only variant weight files (`download-weights --variant`), else None."""
-    names = [path.name for path in folder.glob("*.safetensors")]
-    tagged = {tag for tag in ("bf16", "fp16") for name in names if f".{tag}" in name}
-    untagged = [name for name in names if not any(f".{tag}" in name for tag in ("bf16", "fp16"))]
-    return None if untagged or len(tagged) != 1 else tagged.pop()
-
-
 def load_pretrained(cls, folder: Path, **kwargs):
     """`cls.from_pretrained(folder)`, with a broken or incomplete folder reported as a weights error (exit 3)."""
     from avtool.errors import WeightsError
+    from avtool.weights.layout import weights_variant
 
     try:
         return cls.from_pretrained(folder, variant=weights_variant(folder), **kwargs)
@@ -330,11 +322,9 @@ def decode_latents(vae, latents, quiet: bool = False) -> np.ndarray:
 
 def weights_record(weights: DanceWeights) -> dict[str, Any]:
     """The weight folders used, with the adapter's sha256 (the DiT shards are too big to hash on every run)."""
-    digest = hashlib.sha256()
-    with weights.adapter.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 24), b""):
-            digest.update(block)
-    return {"mochi": str(weights.mochi), "adapter": str(weights.adapter), "adapter_sha256": digest.hexdigest(),
+    from avtool.weights.manifest import digests
+
+    return {"mochi": str(weights.mochi), "adapter": str(weights.adapter), "adapter_sha256": digests(weights.adapter).sha256,
             "wav2vec2": str(weights.wav2vec)}
 
 

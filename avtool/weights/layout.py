@@ -31,3 +31,12 @@ def require_files(weights_dir: str | os.PathLike, folder: str, files: list[str],
         if path.stat().st_size == 0:
             raise WeightsError(f"{path}: empty file (weights for {model})", model=model)
     return root
+
+
+def weights_variant(folder: Path) -> str | None:
+    """The diffusers variant tag ("bf16", then "fp16") of a folder holding only tagged weight files
+    (`download-weights --variant`), or None when untagged files are there."""
+    names = [path.name for path in folder.glob("*.safetensors")]
+    if any(".bf16" not in name and ".fp16" not in name for name in names):
+        return None
+    return next((tag for tag in ("bf16", "fp16") if any(f".{tag}" in name for name in names)), None)
