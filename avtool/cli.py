@@ -13,7 +13,7 @@ import inspect
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -57,7 +57,10 @@ _GENERATION_OPTIONS = [
     _option(Path, Path("weights"), "--weights-dir", help="Weights folder.", envvar="AVTOOL_WEIGHTS"),
     _option(str, "auto", "--device", help="auto, cpu, cuda or cuda:N."),
     _option(str, "auto", "--dtype", help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
+    _option(str, "cpu", "--generator", help="Where the initial noise is drawn: cpu (a seed gives the same output on any device) or device (as upstream draws it on CUDA)."),
     _option(bool, False, "--skip-existing", help="Skip jobs whose output file already exists (for cron re-runs)."),
+    _option(bool, False, "--keep-going", help="After a failed job, report it and run the next; exit with the first failure's code."),
+    _option(Optional[str], None, "--shard", help="K/N: run only this process's share of the jobs (K from 1). Default: from torchrun/Slurm's RANK and WORLD_SIZE.", show_default=False),
 ]
 
 
@@ -84,7 +87,10 @@ def command(name: str, generation: bool = False) -> Callable:
                     weights_dir=kwargs.pop("weights_dir"),
                     device=kwargs.pop("device"),
                     dtype=kwargs.pop("dtype"),
+                    generator=kwargs.pop("generator"),
                     skip_existing=kwargs.pop("skip_existing"),
+                    keep_going=kwargs.pop("keep_going"),
+                    shard=kwargs.pop("shard"),
                     quiet=kwargs["quiet"],
                 )
             try:
@@ -105,14 +111,29 @@ def command(name: str, generation: bool = False) -> Callable:
 
 
 def _fail(message: str, hint: Optional[str], code: int, debug: bool) -> None:
-    from avtool.ui import stderr
-
     if debug:
         traceback.print_exc()
+    _print_error(message, hint)
+    raise typer.Exit(code)
+
+
+def _print_error(message: str, hint: Optional[str]) -> None:
+    from avtool.ui import stderr
+
     stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
     if hint:
         stderr.print(f"hint: {hint}", soft_wrap=True)
-    raise typer.Exit(code)
+
+
+def _report(results: Iterable[dict], json: bool) -> None:
+    """Print each job's result as it comes (one JSON object per line with --json); a failed job's error line always."""
+    from avtool.ui import print_json
+
+    for result in results:
+        if "error" in result:
+            _print_error(f"{result['output']}: {result['error']}", result["hint"])
+        if json:
+            print_json(result)
 
 
 def _version(value: bool) -> None:
@@ -179,63 +200,18 @@ def download_weights(
     quiet: bool,
 ) -> None:
     """Fetch, verify and lay out model weights (--tiny writes small random checkpoints)."""
-    from avtool.errors import BadInput, WeightsError
+    from avtool.pipelines.weights import WeightsRequest, raise_problems, summary_lines
+    from avtool.pipelines.weights import download_weights as run_download
     from avtool.ui import print_json, say
-    from avtool.weights import download, registry
-    from avtool.weights.layout import default_weights_dir
-    from avtool.weights.tiny import BUILDERS
 
-    chosen = [registry.get_model(m) for m in dict.fromkeys(models or [])]
-    if tiny and (unknown := [m.id for m in chosen if m.id not in BUILDERS]):
-        raise BadInput(f"--tiny {unknown[0]}: no tiny builder registered", hint=f"registered: {', '.join(BUILDERS) or 'none'}")
-    if revision is not None and len(chosen) != 1:
-        raise BadInput("--revision needs exactly one model to fetch")
-    if variant is not None and not any(variant in c.variants for m in chosen for c in m.components):
-        raise BadInput(f"--variant {variant}: not offered by the models named",
-                       hint="offered: " + ", ".join(f"{m.id} ({'/'.join(c.variants)})" for m in registry.MODELS.values() for c in m.components if c.variants))
-    root = weights_dir or (default_weights_dir() / "tiny" if tiny else default_weights_dir())
-    report = download.Report()
-    echo = (lambda message: None) if quiet else say
-
-    if verify:
-        folders = {c.folder: m.id for m in chosen for c in m.components} if chosen else download.folders_with_manifest(root)
-        download.verify(root, folders, report)
-    elif tiny:
-        built = [m.id for m in chosen] or list(BUILDERS)
-        if dry_run:
-            report.planned += [{"model": m, "folder": str(root), "file": None, "bytes": None, "action": f"build tiny {m}"} for m in built]
-        else:
-            download.install_tiny(root, built, report, echo)
-    elif chosen:
-        installer = download.Installer(root, report, echo, quiet=quiet, variant=variant)
-        for model in chosen:
-            installer.install(model, dry_run=dry_run, revision=revision)
-    else:
-        listing = download.listing(root)
-        if json:
-            print_json({"weights_dir": str(root), "models": listing})
-        else:
-            for entry in listing:
-                states = ", ".join(f"{c['folder']}/ {c['state']} ({c['bytes'] / 1e9:.2f} GB)" for c in entry["components"])
-                say(f"{entry['id']:<16} ~{entry['approx_gb']:.1f} GB  for {', '.join(entry['needed_by'])}: {states or entry['note']}")
-        return
-
+    request = WeightsRequest(models or [], weights_dir, dry_run, verify, revision, variant, tiny)
+    result = run_download(request, echo=lambda message: say(message, quiet), quiet=quiet)
     if json:
-        print_json({"weights_dir": str(root), **report.as_dict()})
+        print_json(result)
     else:
-        for item in report.planned:
-            target = f"{item['folder']}/{item['file']}" if item["file"] else item["folder"]
-            say(f"would {item['action']}: {target}" + (f" ({item['bytes']} bytes)" if item["bytes"] else ""))
-        if verify:
-            echo(f"{root}: verified {sum(v['ok'] for v in report.verified)} of {len(report.verified)} folder(s)")
-        elif not dry_run:
-            fetched_bytes = sum(item["bytes"] for item in report.fetched)
-            verb = "built" if tiny else "fetched"
-            echo(f"{root}: {verb} {len(report.fetched)} file(s) ({fetched_bytes / 1e6:.1f} MB), {len(report.skipped)} already present")
-    for problem in report.problems[:-1]:
-        say(f"[bold red]error:[/] {problem['problem']}" + (f"\nhint: {problem['hint']}" if problem["hint"] else ""))
-    if report.problems:
-        raise WeightsError(report.problems[-1]["problem"], hint=report.problems[-1]["hint"])
+        for line in summary_lines(request, result, quiet):
+            say(line)
+    raise_problems(result, say)
 
 
 @command("preprocess")
@@ -262,20 +238,15 @@ def dance(
     common: GenerationOptions,
 ) -> None:
     """Music (mp3/wav/flac/m4a/mp4/mov) to a dance video with the music's excerpt muxed in (MusicInfuser)."""
-    from dataclasses import asdict
-
     from avtool.errors import BadInput
     from avtool.pipelines.dance import DEFAULT_PROMPT, DanceRequest
     from avtool.pipelines.dance import dance as run_dance
-    from avtool.ui import print_json
 
     if not inputs:
         raise BadInput("no input: give one or more music files (mp3, wav, flac, m4a, mp4, mov)")
     request = DanceRequest(prompt=DEFAULT_PROMPT if prompt is None else prompt, num_frames=num_frames, cfg_scale=cfg_scale,
                            fps=fps, height=height, width=width, start=start, runner=runner, tiling=tiling)
-    for result in run_dance(inputs, request, common):
-        if json:
-            print_json(asdict(result))
+    _report(run_dance(inputs, request, common), json)
 
 
 @command("score", generation=True)

@@ -49,17 +49,18 @@ def loop_vs_mochi_pipeline(weights_dir: Path) -> None:
     import torch
     from diffusers import MochiPipeline
 
-    from avtool.models.musicinfuser import load_dance_transformer
+    from avtool.models.mochi import MochiFlowModel
     from avtool.pipelines import dance as pipeline
-    from avtool.sampling import StepRunner, TextCfgDenoiser, linear_quadratic_sigmas
+    from avtool.runtime import silence_libraries
+    from avtool.sampling import CFGDenoiser, StepRunner, linear_quadratic_sigmas
 
-    pipeline.silence_libraries()
+    silence_libraries()
     weights = pipeline.check_weights(weights_dir)
     height, width = pipeline.resolve_size(pipeline.DanceRequest(), weights)
     text, mask = pipeline.encode_prompt(weights, pipeline.DEFAULT_PROMPT, "cpu", torch.float32)
 
-    transformer = load_dance_transformer(weights.root, "cpu", torch.float32, adapter=False)
-    step = StepRunner(TextCfgDenoiser(transformer, CFG), "eager")
+    transformer = pipeline.load_transformer(weights, "cpu", torch.float32, adapter=False)
+    step = StepRunner(CFGDenoiser(MochiFlowModel(transformer), CFG), "eager")
     sigmas = linear_quadratic_sigmas(STEPS)
     noise = pipeline.initial_noise(SEED, FRAMES, height, width)
 
@@ -70,7 +71,7 @@ def loop_vs_mochi_pipeline(weights_dir: Path) -> None:
                 guidance_scale=CFG, output_type="latent", num_inference_steps=STEPS)
 
     runs = {
-        "avtool sample_euler+StepRunner(eager)": (transformer, lambda: pipeline.sample_latents(
+        "avtool sample_euler_flow+StepRunner(eager)": (transformer, lambda: pipeline.sample_latents(
             step, noise, sigmas, text, mask, None, quiet=True)),
         "diffusers MochiPipeline (latent out)": (mochi.transformer, lambda: mochi(
             **call, generator=torch.Generator().manual_seed(SEED))),

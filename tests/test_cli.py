@@ -1,5 +1,7 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, run_avtool
@@ -108,3 +110,41 @@ def test_keyboard_interrupt_exits_130(monkeypatch):
     result = CliRunner().invoke(app, ["probe", "x.mp4"])
     assert result.exit_code == 130
     assert "error: interrupted" in result.output
+
+
+REJECT_CHILD = """
+import sys
+from pathlib import Path
+from avtool.cli import main
+sys.argv = ["avtool", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit:
+    heavy = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
+    print(f"exit={exit.code} heavy={','.join(heavy)}")
+"""
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["missing.mp3"], 2, "missing.mp3: no such file"),
+    (["{song}", "--num-frames", "14"], 2, "nearest valid: 13 or 19"),
+    (["{song}", "--weights-dir", "{tmp}/nowhere"], 3, "download-weights mochi-1-preview musicinfuser --dir"),
+    (["{song}", "--weights-dir", "{song}"], 3, "is a file, not a folder"),
+    (["{song}", "--device", "cuda:0"], 2, "--device cuda:0"),
+    (["{song}", "--device", "gpu"], 2, "expected auto, cpu, cuda"),
+    (["{song}", "--seed", "18446744073709551616"], 2, "--seed 18446744073709551616"),
+    (["{song}", "--shard", "3/2"], 2, "--shard 3/2"),
+    (["{song}", "--generator", "gpu"], 2, "--generator gpu"),
+    (["{song}", "--runner", "turbo"], 2, "--runner turbo"),
+])
+def test_dance_rejects_bad_input_options_and_weights_without_importing_torch(tmp_path, args, code, message):
+    from mediagen import tone
+
+    if "--device" in args and args[-1].startswith("cuda") and (Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()):
+        pytest.skip("this machine has an NVIDIA driver")
+    song = tone(tmp_path / "song.wav", seconds=1)
+    argv = [a.format(song=song, tmp=tmp_path) for a in args]
+    out = subprocess.run([sys.executable, "-c", REJECT_CHILD, "dance", *argv], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=60)
+    assert out.stdout.strip() == f"exit={code} heavy=", out.stderr
+    assert message in out.stderr and len([line for line in out.stderr.splitlines() if line.startswith("error:")]) == 1

@@ -51,7 +51,7 @@ def test_dance_writes_the_video_with_the_excerpt(avtool, tiny_weights, song, tmp
     for channel in range(2):
         assert np.corrcoef(excerpt[channel, :n], muxed[channel, :n])[0, 1] > 0.95
     sidecar = json.loads((out / "song_generated.mp4.json").read_text())
-    assert sidecar["seed"] == 3 and sidecar["excerpt_start"] == result["start"] and sidecar["num_frames"] == 13
+    assert sidecar["seed"] == 3 and sidecar["start"] == result["start"] and sidecar["num_frames"] == 13
 
 
 def test_skip_existing_and_default_size(avtool, tiny_weights, song, tmp_path):

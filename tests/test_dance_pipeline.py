@@ -9,11 +9,13 @@ from diffusers import MochiPipeline
 from mediagen import clip, ffmpeg
 
 from avtool.media import load_audio, probe
-from avtool.models.musicinfuser import Wav2VecEncoder, load_dance_transformer
+from avtool.models.mochi import MochiFlowModel
+from avtool.models.musicinfuser import Wav2VecEncoder
 from avtool.pipelines import dance as pipeline
 from avtool.pipelines.common import GenerationOptions
-from avtool.sampling import StepRunner, TextCfgDenoiser, linear_quadratic_sigmas
+from avtool.sampling import CFGDenoiser, StepRunner, linear_quadratic_sigmas
 from avtool.weights.layout import weights_variant
+from avtool.weights.loading import load_pretrained
 from avtool.weights.tiny.musicinfuser import write_adapter
 
 FRAMES, HEIGHT, WIDTH, STEPS, CFG = 7, 32, 48, 3, 6.0
@@ -26,8 +28,8 @@ def features(weights, seed: int) -> torch.Tensor:
 
 def generate(weights, seed: int, audio: torch.Tensor | None, transformer=None) -> torch.Tensor:
     text, mask = pipeline.encode_prompt(weights, pipeline.DEFAULT_PROMPT, "cpu", torch.float32)
-    transformer = transformer or load_dance_transformer(weights.root, "cpu", torch.float32)
-    step = StepRunner(TextCfgDenoiser(transformer, CFG), "eager")
+    transformer = transformer or pipeline.load_transformer(weights, "cpu", torch.float32)
+    step = StepRunner(CFGDenoiser(MochiFlowModel(transformer), CFG), "eager")
     noise = pipeline.initial_noise(seed, FRAMES, HEIGHT, WIDTH)
     return pipeline.sample_latents(step, noise, linear_quadratic_sigmas(STEPS), text, mask, audio, quiet=True)
 
@@ -61,7 +63,7 @@ def test_zero_adapter_latents_and_frames_equal_mochi_pipeline(zero_adapter_weigh
 
 def test_music_matters_and_a_seed_repeats_bit_for_bit(tiny_weights):
     weights = pipeline.check_weights(tiny_weights)
-    transformer = load_dance_transformer(weights.root, "cpu", torch.float32)
+    transformer = pipeline.load_transformer(weights, "cpu", torch.float32)
     song_a, song_b = features(weights, 1), features(weights, 2)
     first = generate(weights, 5, song_a, transformer)
     assert torch.equal(first, generate(weights, 5, song_a, transformer))
@@ -74,15 +76,16 @@ def test_excerpt_is_seeded_padded_and_at_the_original_rate(tmp_path):
     ffmpeg("-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*(200+150*t)*t)|0.3*sin(2*PI*300*t):s=22050:d=3", str(song))
     info, request = probe(song).require_audio(), pipeline.DanceRequest(num_frames=13)
     length = int(np.ceil(22050 * (13 / 30 + 0.09)))
-    a, rate, start_a = pipeline.music_excerpt(song, info, request, seed=1)
-    b, _, start_b = pipeline.music_excerpt(song, info, request, seed=1)
-    _, _, start_c = pipeline.music_excerpt(song, info, request, seed=2)
-    assert rate == 22050 and a.shape == (2, length) and np.array_equal(a, b) and start_a == start_b != start_c
+    start_a, start_b, start_c = (pipeline.excerpt_start(info, request, seed) for seed in (1, 1, 2))
+    a, rate = pipeline.music_excerpt(song, info, request, start_a)
+    assert rate == 22050 and a.shape == (2, length) and start_a == start_b != start_c
     excerpt, _ = load_audio(song, mono=False)
-    first = round(start_a * 22050)
+    first = round(start_a / 44100 * 22050)  # the start is drawn on upstream's 44.1 kHz grid
     np.testing.assert_allclose(a, excerpt[:, first:first + length], atol=1e-6)  # the window decoded is the one drawn
-    tail, _, start = pipeline.music_excerpt(song, info, pipeline.DanceRequest(num_frames=13, start=2.8), seed=1)
-    assert start == pytest.approx(2.8) and tail.shape == (2, length)
+    late = pipeline.DanceRequest(num_frames=13, start=2.8)
+    start = pipeline.excerpt_start(info, late, seed=1)
+    tail, _ = pipeline.music_excerpt(song, info, late, start)
+    assert start == round(2.8 * 44100) and tail.shape == (2, length)
     assert np.abs(tail[:, : int(0.15 * 22050)]).max() > 0.1 and not tail[:, int(0.25 * 22050):].any()  # zero-padded
 
 
@@ -92,9 +95,9 @@ def test_several_seeds_load_the_models_once(tiny_weights, tmp_path, monkeypatch)
     real_load = pipeline.load_models
     monkeypatch.setattr(pipeline, "load_models", lambda *args: loads.append(args) or real_load(*args))
     opts = GenerationOptions(output_dir=tmp_path / "out", seeds=[1, 2, 3], steps=2, weights_dir=tiny_weights, quiet=True)
-    results = pipeline.dance([song], pipeline.DanceRequest(num_frames=7), opts)
+    results = list(pipeline.dance([song], pipeline.DanceRequest(num_frames=7), opts))
     assert len(loads) == 1
-    assert [r.seed for r in results] == [1, 2, 3]
+    assert [r["seed"] for r in results] == [1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == [f"song_generated_seed{s}.mp4" for s in (1, 2, 3)]
 
 
@@ -107,7 +110,7 @@ def test_variant_only_folders_load(tiny_weights, tmp_path):
         original = cls.from_pretrained(tiny_weights / "mochi-1-preview" / name)
         original.save_pretrained(tmp_path / name, variant="bf16", max_shard_size="20KB")
         assert weights_variant(tmp_path / name) == "bf16"
-        loaded = pipeline.load_pretrained(cls, tmp_path / name)
+        loaded = load_pretrained(cls, tmp_path / name)
         for (key, expected), got in zip(original.state_dict().items(), loaded.state_dict().values(), strict=True):
             assert torch.equal(expected, got), key
     assert weights_variant(tiny_weights / "mochi-1-preview" / "vae") is None

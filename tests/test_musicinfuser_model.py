@@ -11,8 +11,9 @@ from avtool.models.musicinfuser import (
     AudioCrossAttention,
     AudioProjector,
     Wav2VecEncoder,
-    load_dance_transformer,
 )
+from avtool.models.mochi import fp32_parameter_names
+from avtool.pipelines import dance as pipeline
 from avtool.weights.tiny.musicinfuser import LORA_KWARGS, TINY_AUDIO_LAYERS, adapter_state_dict, write_adapter
 
 
@@ -38,12 +39,12 @@ def encoder(tiny_weights):
 
 @pytest.fixture(scope="module")
 def dance_model(tiny_weights):
-    return load_dance_transformer(tiny_weights, "cpu", torch.float32)
+    return pipeline.load_transformer(pipeline.check_weights(tiny_weights), "cpu", torch.float32)
 
 
 @pytest.fixture(scope="module")
 def base_model(tiny_weights):
-    return load_dance_transformer(tiny_weights, "cpu", torch.float32, adapter=False)
+    return pipeline.load_transformer(pipeline.check_weights(tiny_weights), "cpu", torch.float32, adapter=False)
 
 
 def test_without_audio_equals_diffusers_mochi(tiny_weights, base_model):
@@ -61,7 +62,7 @@ def test_without_audio_equals_diffusers_mochi(tiny_weights, base_model):
 def test_zero_adapter_equals_base_model(tiny_weights, tmp_path, base_model, encoder):
     weights = shutil.copytree(tiny_weights, tmp_path / "weights")
     write_adapter(weights / "musicinfuser" / "musicinfuser.safetensors", zero_outputs=True)
-    zero_adapter = load_dance_transformer(weights, "cpu", torch.float32)
+    zero_adapter = pipeline.load_transformer(pipeline.check_weights(weights), "cpu", torch.float32)
     with torch.no_grad():
         expected = base_model(**inputs())
         assert torch.equal(zero_adapter(**inputs()), expected)
@@ -104,11 +105,17 @@ def test_merged_lora_equals_unmerged_lora_math(tiny_weights, dance_model):
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_lora_is_merged_in_fp32_then_cast(tiny_weights, dance_model):
-    bf16_model = load_dance_transformer(tiny_weights, "cpu", torch.bfloat16)
+def test_lora_is_merged_in_fp32_then_cast_and_genmos_fp32_parameters_stay_fp32(tiny_weights, dance_model):
+    bf16_model = pipeline.load_transformer(pipeline.check_weights(tiny_weights), "cpu", torch.bfloat16)
+    keep_fp32 = fp32_parameter_names(bf16_model)
+    assert "pos_frequencies" in keep_fp32 and len(keep_fp32) == 1 + 4 * 4  # RoPE + q/k norms of both streams, 4 blocks
     for name, parameter in bf16_model.named_parameters():
-        assert parameter.dtype == torch.bfloat16, name
-        assert torch.equal(parameter, dance_model.get_parameter(name).to(torch.bfloat16)), name
+        dtype = torch.float32 if name in keep_fp32 else torch.bfloat16
+        assert parameter.dtype == dtype, name
+        assert torch.equal(parameter, dance_model.get_parameter(name).to(dtype)), name
+    with torch.no_grad():  # and the mixed-precision model runs
+        out = bf16_model(**{k: v.to(torch.bfloat16) if v.is_floating_point() and k != "timestep" else v for k, v in inputs().items()})
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
 def test_audio_modules_load_verbatim_and_change_the_output(dance_model, encoder):
@@ -181,7 +188,7 @@ def test_wav2vec_features_use_upstream_normalisation(encoder):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_weights, encoder):
-    model = load_dance_transformer(tiny_weights, "cpu", torch.float32).train()
+    model = pipeline.load_transformer(pipeline.check_weights(tiny_weights), "cpu", torch.float32).train()
     parameters = list(model.audio_cross_attn_blocks.parameters()) + list(model.audio_projection.parameters())
     for parameter in parameters:
         parameter.requires_grad_(True)

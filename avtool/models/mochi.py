@@ -1,4 +1,5 @@
-"""Mochi joint attention with static shapes, so a step can be compiled or captured in a CUDA graph.
+"""Mochi's own conventions on top of diffusers' `MochiTransformer3DModel`: how a sampler calls it, which
+parameters stay in fp32, and a static-shape joint attention for compiled and CUDA-graph steps.
 
 diffusers' `MochiAttnProcessor2_0` loops over the batch and gathers each sample's valid text tokens
 with `torch.nonzero`: shapes depend on data, which forces a host sync (no CUDA-graph capture) and
@@ -62,3 +63,38 @@ def use_masked_attention(module: nn.Module) -> int:
     for layer in layers:
         layer.processor = MaskedMochiAttnProcessor()
     return len(layers)
+
+
+class MochiFlowModel(nn.Module):
+    """Mochi's call convention for a sampler: `(x, sigma, text, text_mask, **extra) -> velocity (x0 - eps)`, fp32.
+
+    The transformer is conditioned on the timestep `1000 * (1 - sigma)`, passed in fp32 as genmo and diffusers'
+    `MochiPipeline` do (its sinusoidal embedding is computed before the cast to the model's dtype; a bf16 timestep
+    would round e.g. 998.4375 to 998.0). The latents go in the model's dtype; the prediction comes back in fp32.
+    """
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                **extra: torch.Tensor | None) -> torch.Tensor:
+        timestep = (1000 * (1 - sigma.float())).expand(x.shape[0])
+        prediction = self.transformer(hidden_states=x.to(text.dtype), encoder_hidden_states=text, timestep=timestep,
+                                      encoder_attention_mask=text_mask, return_dict=False, **extra)
+        return (prediction[0] if isinstance(prediction, tuple) else prediction).float()
+
+
+def fp32_parameter_names(model: nn.Module) -> set[str]:
+    """Parameters genmo keeps in fp32 under bf16 autocast: the learned RoPE `pos_frequencies` and the RMSNorm scales.
+
+    Everything else (every Linear, i.e. every matmul) may be stored in the run dtype. diffusers' RMSNorm computes
+    in fp32 and casts back to its input's dtype when its weight is fp32, as genmo's does.
+    """
+    from diffusers.models.normalization import MochiRMSNorm
+
+    names = {name for name, _ in model.named_parameters() if name.endswith("pos_frequencies")}
+    for prefix, module in model.named_modules():
+        if isinstance(module, MochiRMSNorm) and module.weight is not None:
+            names.add(f"{prefix}.weight")
+    return names

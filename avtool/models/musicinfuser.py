@@ -25,17 +25,12 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from avtool.errors import WeightsError
-from avtool.weights.layout import require_files, weights_variant
+from avtool.models.mochi import fp32_parameter_names
 
 AUDIO_CROSS_ATTN_LAYERS = (6, 7, 8, 9, 10, 21, 34, 35, 36, 38, 39, 43, 44, 45, 46, 47)
 AUDIO_CROSS_ATTN_HEADS = 8
 # avtool-only metadata entry: tiny checkpoints (fewer than 48 blocks) list their blocks; absent → the upstream list.
 LAYERS_METADATA_KEY = "avtool_audio_cross_attn_layers"
-
-MOCHI_FOLDER = "mochi-1-preview"
-ADAPTER_FOLDER = "musicinfuser"
-ADAPTER_FILE = "musicinfuser.safetensors"
-WAV2VEC_FOLDER = "wav2vec2-base-960h"
 
 _LORA_KEY = re.compile(r"blocks\.(\d+)\.attn\.(qkv_x|qkv_y|proj_x|proj_y)\.lora_([AB])")
 _LORA_TARGETS = {  # genmo projection -> diffusers Linear(s) in `transformer_blocks.{i}.attn1`, packed rows in order
@@ -267,24 +262,20 @@ def _listing(label: str, items: list[str], shown: int = 3) -> str:
 
 
 def load_dance_transformer(
-    weights_dir: Path, device: str, dtype: torch.dtype, adapter: bool = True
+    transformer_dir: Path, shards: list[Path], adapter_path: Path | None, device: str, dtype: torch.dtype
 ) -> MusicInfuserTransformer:
-    """Mochi's DiT from `mochi-1-preview/transformer` with the MusicInfuser adapter merged and attached.
+    """Mochi's DiT (config in `transformer_dir`, tensors in `shards`) with the MusicInfuser adapter merged and attached.
 
-    The LoRA update is added to each base weight in fp32 and the sum cast to `dtype` once. Missing
-    files, unexpected or missing keys and wrong shapes raise WeightsError (exit 3) naming the first ones.
+    The LoRA update is added to each base weight in fp32 and the sum cast to `dtype` once; the parameters genmo
+    keeps in fp32 (`fp32_parameter_names`) stay fp32. Unexpected or missing keys and wrong shapes raise
+    WeightsError (exit 3) naming the first ones.
     """
-    transformer_dir = require_files(weights_dir, MOCHI_FOLDER, ["transformer/config.json"], MOCHI_FOLDER) / "transformer"
-    shards = _transformer_shards(weights_dir, transformer_dir)
-    converted = None
-    if adapter:
-        adapter_path = require_files(weights_dir, ADAPTER_FOLDER, [ADAPTER_FILE], ADAPTER_FOLDER) / ADAPTER_FILE
-        converted = _read_adapter(adapter_path)
-
+    converted = _read_adapter(adapter_path) if adapter_path is not None else None
+    config_path = transformer_dir / "config.json"
     try:
-        config = json.loads((transformer_dir / "config.json").read_text())
-    except ValueError as error:
-        raise WeightsError(f"{transformer_dir / 'config.json'}: not valid JSON ({error})", model=MOCHI_FOLDER) from error
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise WeightsError(f"{config_path}: not valid JSON ({error})") from error
     mochi_config = {key: value for key, value in config.items() if key in _MOCHI_INIT_KEYS}
     sample_size = {key: config[key] for key in ("sample_height", "sample_width") if key in config}
     try:
@@ -297,12 +288,15 @@ def load_dance_transformer(
             )
         if converted:
             check_adapter(converted, model)
-    except (WeightsError, ValueError) as error:
-        raise WeightsError(f"{adapter_path}: {getattr(error, 'message', error)}", model=ADAPTER_FOLDER) from error
+    except (WeightsError, ValueError, TypeError) as error:
+        source = adapter_path if converted else config_path
+        raise WeightsError(f"{source}: {getattr(error, 'message', error)}") from error
 
-    state = _read_base_state(transformer_dir, shards, model, converted, dtype)
+    keep_fp32 = fp32_parameter_names(model)
+    dtypes = {key: torch.float32 if key in keep_fp32 else dtype for key in model.state_dict()}
+    state = _read_base_state(transformer_dir, shards, model, converted, dtypes)
     if converted:
-        state.update({key: tensor.to(dtype) for key, tensor in converted.audio.items()})
+        state.update({key: tensor.to(dtypes[key]) for key, tensor in converted.audio.items()})
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval().requires_grad_(False)
 
@@ -310,7 +304,7 @@ def load_dance_transformer(
 def _read_adapter(path: Path) -> ConvertedAdapter:
     from safetensors import safe_open
 
-    with _reading(path, ADAPTER_FOLDER), safe_open(path, framework="pt") as file:
+    with _reading(path), safe_open(path, framework="pt") as file:
         metadata = file.metadata()
         state = {key: file.get_tensor(key) for key in file.keys()}
     try:
@@ -318,14 +312,15 @@ def _read_adapter(path: Path) -> ConvertedAdapter:
         if "audio_projection.projection.0.weight" not in converted.audio:
             raise WeightsError("adapter: missing key audio_projection.projection.0.weight")
     except WeightsError as error:
-        raise WeightsError(f"{path}: {error.message}", model=ADAPTER_FOLDER) from error
+        raise WeightsError(f"{path}: {error.message}") from error
     return converted
 
 
 def _read_base_state(
-    transformer_dir: Path, shards: list[Path], model: nn.Module, adapter: ConvertedAdapter | None, dtype: torch.dtype
+    transformer_dir: Path, shards: list[Path], model: nn.Module, adapter: ConvertedAdapter | None,
+    dtypes: dict[str, torch.dtype],
 ) -> dict[str, torch.Tensor]:
-    """The base DiT's tensors from the shards, checked against `model`, LoRA merged in fp32, cast to `dtype`."""
+    """The base DiT's tensors from the shards, checked against `model`, LoRA merged in fp32, each cast to `dtypes[key]`."""
     from safetensors import safe_open
 
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()
@@ -333,7 +328,9 @@ def _read_base_state(
     state: dict[str, torch.Tensor] = {}
     seen, unexpected, wrong_shape = set(), [], []
     for shard in shards:
-        with _reading(shard, MOCHI_FOLDER), safe_open(shard, framework="pt") as file:
+        if shard.name.endswith(".json"):  # the shard index
+            continue
+        with _reading(shard), safe_open(shard, framework="pt") as file:
             for key in file.keys():
                 seen.add(key)
                 if key not in expected:
@@ -343,41 +340,25 @@ def _read_base_state(
                 if tuple(tensor.shape) != expected[key]:
                     wrong_shape.append(f"{key} {tuple(tensor.shape)} != {expected[key]}")
                 elif adapter and key in adapter.lora:
-                    state[key] = (tensor.float() + adapter.lora[key].delta()).to(dtype)
+                    state[key] = (tensor.float() + adapter.lora[key].delta()).to(dtypes[key])
                 else:
-                    state[key] = tensor.to(dtype)
+                    state[key] = tensor.to(dtypes[key])
     problems = (_listing("unexpected keys", sorted(unexpected)) + _listing("missing keys", sorted(set(expected) - seen))
                 + _listing("wrong shapes", wrong_shape))
     if problems:
-        raise WeightsError(f"{transformer_dir}: checkpoint does not fit MochiTransformer3DModel:" + problems.lstrip(","),
-                           model=MOCHI_FOLDER)
+        raise WeightsError(f"{transformer_dir}: checkpoint does not fit MochiTransformer3DModel:" + problems.lstrip(","))
     return state
 
 
-def _transformer_shards(weights_dir: Path, transformer_dir: Path) -> list[Path]:
-    """The transformer's safetensors files: sharded (index) or single, untagged else a diffusers variant (bf16/fp16)."""
-    variant = weights_variant(transformer_dir)
-    tag = f".{variant}" if variant else ""
-    index = transformer_dir / f"diffusion_pytorch_model.safetensors.index{tag}.json"
-    names = [f"diffusion_pytorch_model{tag}.safetensors"]
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, AttributeError) as error:
-            raise WeightsError(f"{index}: unreadable shard index ({error})", model=MOCHI_FOLDER) from error
-    require_files(weights_dir, MOCHI_FOLDER, [f"transformer/{name}" for name in names], MOCHI_FOLDER)
-    return [transformer_dir / name for name in names]
-
-
 @contextmanager
-def _reading(path: Path, model: str) -> Iterator[None]:
+def _reading(path: Path) -> Iterator[None]:
     """Turn a failure to read a safetensors file into WeightsError naming it."""
     from safetensors import SafetensorError
 
     try:
         yield
     except (SafetensorError, OSError) as error:
-        raise WeightsError(f"{path}: unreadable safetensors file ({error})", model=model) from error
+        raise WeightsError(f"{path}: unreadable safetensors file ({error})") from error
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -394,10 +375,6 @@ class Wav2VecEncoder:
     def from_folder(cls, folder: Path, device: str = "cpu") -> Wav2VecEncoder:
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
-        folder = Path(folder)
-        require_files(folder.parent, folder.name, ["config.json", "preprocessor_config.json"], ADAPTER_FOLDER)
-        if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-            raise WeightsError(f"{folder}: missing model.safetensors (weights for wav2vec2)", model=ADAPTER_FOLDER)
         feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder)
         # the Hub checkpoint is a CTC model; its encoder without the CTC head is what upstream runs
         model = Wav2Vec2ForCTC.from_pretrained(folder, dtype=torch.float32).wav2vec2.to(device).eval()

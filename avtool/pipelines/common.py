@@ -1,22 +1,29 @@
-"""What every generation pipeline shares: its options, job planning, seeds, devices and sidecars.
+"""The job driver every generation command shares: options, job planning, the per-job loop, sidecars.
 
-Importing this module imports no torch; the functions that need it import it themselves.
+    validate (cheap, no torch) -> plan_jobs -> run_jobs: load models once -> per job: render the output,
+    write its sidecar, yield the result (the CLI prints it at once)
+
+A pipeline module supplies the validation, a `load()` and a `render(models, job)`; everything else is here,
+once. Importing this module imports no torch.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import secrets
+import re
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import avtool
-from avtool.errors import BadInput
+from avtool.errors import AvtoolError, BadInput
+from avtool.runtime import GENERATORS, MAX_SEED, Shard, Stopwatch, check_device, check_dtype, draw_seed, resolve_shard
+from avtool.ui import say
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
+Models = TypeVar("Models")
 
 
 @dataclass
@@ -30,90 +37,202 @@ class GenerationOptions:
     weights_dir: Path = Path("weights")
     device: str = "auto"
     dtype: str = "auto"
+    generator: str = "cpu"  # where the initial noise is drawn: "cpu" (same video on any device) or "device" (as upstream on CUDA)
     skip_existing: bool = False
+    keep_going: bool = False
+    shard: str | None = None  # "K/N"; None: from the launcher's environment, if any
     quiet: bool = False
+
+    def check(self, min_steps: int = 1) -> None:
+        """Refuse malformed shared options before anything loads."""
+        check_device(self.device)
+        check_dtype(self.dtype)
+        if self.generator not in GENERATORS:
+            raise BadInput(f"--generator {self.generator}: expected one of {', '.join(GENERATORS)}")
+        for seed in self.seeds:
+            if not 0 <= seed <= MAX_SEED:
+                raise BadInput(f"--seed {seed}: must be between 0 and {MAX_SEED}")
+        if self.steps is not None and self.steps < min_steps:
+            raise BadInput(f"--steps {self.steps}: must be at least {min_steps}")
+        resolve_shard(self.shard)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One output to make: an input file rendered with one seed."""
+    """One output to make: named inputs (files, prompts, ...), a seed, and the file to write."""
 
-    input: Path
+    inputs: dict[str, Any]
     seed: int
     output: Path
 
+    @property
+    def label(self) -> str:
+        """The job's name in messages: its first input."""
+        return str(next(iter(self.inputs.values()), self.output.name))
 
-def draw_seed() -> int:
-    """A fresh seed for a run that was given none (printed and recorded by the caller)."""
-    return secrets.randbelow(2**31)
+
+def job_stem(inputs: dict[str, Any]) -> str:
+    """The stem output names start with: the first input file's stem, else the first text input as a short slug."""
+    for value in inputs.values():
+        if isinstance(value, Path):
+            return value.stem
+    for value in inputs.values():
+        if isinstance(value, str) and (slug := re.sub(r"[^A-Za-z0-9]+", "_", value).strip("_")[:40]):
+            return slug
+    return "output"
 
 
-def plan_jobs(inputs: list[Path], opts: GenerationOptions, suffix: str, ext: str = ".mp4") -> list[Job]:
-    """One job per (input, seed), named `<stem><suffix>[_seed<N>]<ext>` in the output folder.
+def plan_jobs(sources: list[dict[str, Any]], opts: GenerationOptions, suffix: str, ext: str = ".mp4",
+              shard: Shard | None = None) -> list[Job]:
+    """One job per (source, seed), written to `<output-dir>/<stem><suffix>[_seed<N>]<ext>` (see `job_stem`).
 
-    `-o` names the file of a single job. With --skip-existing, jobs whose output exists are dropped.
+    `-o` names the file of a single job. Two jobs that would write one file are refused. With a shard, this
+    process keeps jobs i % N == K of the full plan (the same split in every process and on every re-run); then
+    --skip-existing drops the jobs whose output is already there.
     """
     seeds = list(dict.fromkeys(opts.seeds)) or [draw_seed()]
-    count = len(inputs) * len(seeds)
+    count = len(sources) * len(seeds)
     if opts.output is not None and count > 1:
         raise BadInput(f"-o/--output names one file but this run makes {count}", hint="use --output-dir instead")
     jobs = []
-    for path in inputs:
+    for inputs in sources:
         for seed in seeds:
             if opts.output is not None:
                 out = opts.output
             else:
                 tag = f"_seed{seed}" if len(seeds) > 1 else ""
-                out = opts.output_dir / f"{path.stem}{suffix}{tag}{ext}"
-            jobs.append(Job(path, seed, out))
-    outputs = [job.output for job in jobs]
-    clash = next((out for out in outputs if outputs.count(out) > 1), None)
+                out = opts.output_dir / f"{job_stem(inputs)}{suffix}{tag}{ext}"
+            jobs.append(Job(inputs, seed, out))
+    outputs = [job.output.resolve() for job in jobs]
+    clash = next((job.output for job, out in zip(jobs, outputs, strict=True) if outputs.count(out) > 1), None)
     if clash is not None:
         raise BadInput(f"two inputs would both write {clash}", hint="inputs need different file names")
+    if shard is not None:
+        jobs = shard.take(jobs)
     if opts.skip_existing:
         jobs = [job for job in jobs if not job.output.exists()]
     return jobs
 
 
-def resolve_device(spec: str) -> str:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a torch device string that exists on this machine."""
-    import torch
+@dataclass(frozen=True)
+class RunInfo:
+    """What is the same for every job of a run, as recorded in each sidecar."""
 
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BadInput(f"--device {spec}: no CUDA device on this machine", hint="use --device cpu")
-        index = spec.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise BadInput(f"--device {spec}: there are {torch.cuda.device_count()} CUDA devices")
-        return spec
-    raise BadInput(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+    command: str  # the subcommand
+    device: str
+    dtype: str
+    steps: int | None
+    weights: dict[str, Any]  # model id -> {file: sha256}, see `weights_record`
+    options: dict[str, Any]  # the command's own options
+    shard: Shard | None = None
+    load_seconds: float = 0.0
 
 
-def resolve_dtype(spec: str, device: str):
-    """'auto' | 'fp32' | 'bf16' | 'fp16' -> a torch dtype; auto is bf16 on CUDA and fp32 on CPU."""
-    import torch
+@dataclass(frozen=True)
+class Rendered:
+    """What `render` reports about the output it wrote: facts for the result and the sidecar, and its timings."""
 
-    if spec not in DTYPES:
-        raise BadInput(f"--dtype {spec}: expected one of {', '.join(DTYPES)}")
-    if spec == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec]
+    details: dict[str, Any]
+    timings: dict[str, float]
 
 
-def write_sidecar(output: Path, record: dict[str, Any]) -> Path:
-    """Write `<output>.json`: the command line, versions, and `record` (seed, weights, timings, ...)."""
+class JobsFailed(AvtoolError):
+    """Some jobs of a --keep-going run failed; the exit code is the first failure's."""
+
+    def __init__(self, failed: int, total: int, first: AvtoolError) -> None:
+        super().__init__(f"{failed} of {total} jobs failed (first: {first.message})", hint=first.hint)
+        self.exit_code = first.exit_code
+
+
+def run_jobs(
+    jobs: list[Job],
+    opts: GenerationOptions,
+    load: Callable[[], tuple[Models, RunInfo]],
+    render: Callable[[Models, Job], Rendered],
+) -> Iterator[dict[str, Any]]:
+    """Load once, then per job: render its output, write its sidecar, yield its result.
+
+    Without --keep-going the first failure propagates. With it, a failed job yields `{"error", "hint",
+    "exit_code", ...}` and the next one runs; at the end JobsFailed carries the first failure's exit code.
+    Ctrl-C always stops the run.
+    """
+    if not jobs:
+        say("nothing to do: every output exists (--skip-existing)" if opts.skip_existing else "nothing to do", opts.quiet)
+        return
+    if not opts.seeds:
+        say(f"seed {jobs[0].seed} (drawn; pass --seed to repeat this run)", opts.quiet)
+    from avtool.media import ensure_output_dir
+
+    for folder in {job.output.parent for job in jobs}:
+        ensure_output_dir(folder)
+    models, info = load()
+    failures: list[AvtoolError] = []
+    for job in jobs:
+        base = {"inputs": {k: str(v) for k, v in job.inputs.items()}, "output": str(job.output), "seed": job.seed}
+        clock = Stopwatch()
+        try:
+            rendered = render(models, job)
+            sidecar = write_sidecar(job, info, rendered)
+        except Exception as error:
+            if not opts.keep_going:
+                raise
+            failure = error if isinstance(error, AvtoolError) else AvtoolError(  # exit 1: our bug
+                f"internal error: {type(error).__name__}: {error}", hint="run again with --debug for the traceback")
+            failures.append(failure)
+            yield {**base, "error": failure.message, "hint": failure.hint, "exit_code": failure.exit_code}
+            continue
+        say(f"wrote {job.output}", opts.quiet)
+        yield {**base, "sidecar": str(sidecar), **rendered.details, "seconds": round(clock.lap(), 3)}
+    if failures:
+        raise JobsFailed(len(failures), len(jobs), failures[0])
+
+
+def write_sidecar(job: Job, info: RunInfo, rendered: Rendered) -> Path:
+    """Write `<output>.json` (atomically, after the output): command line, versions, the run, the job, the output's digest."""
     from avtool.media.files import atomic_output
+    from avtool.weights.manifest import digests
 
     versions = {"avtool": avtool.__version__, "python": platform.python_version()}
     for name in ("torch", "diffusers", "transformers"):
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "unknown")
-    sidecar = output.with_name(output.name + ".json")
+    output = digests(job.output)
+    record = {
+        "command": sys.argv, "subcommand": info.command, "versions": versions,
+        "inputs": {k: str(v) for k, v in job.inputs.items()}, "seed": job.seed, "steps": info.steps,
+        "device": info.device, "dtype": info.dtype, "shard": info.shard.as_record() if info.shard else None,
+        "options": info.options, **rendered.details, "weights": info.weights,
+        "output": {"path": str(job.output), "size": output.size, "sha256": output.sha256},
+        "timings": {"load": round(info.load_seconds, 3), **{k: round(v, 3) for k, v in rendered.timings.items()}},
+    }
+    sidecar = job.output.with_name(job.output.name + ".json")
     with atomic_output(sidecar) as tmp:
-        tmp.write_text(json.dumps({"command": sys.argv, "versions": versions, **record}, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return sidecar
+
+
+def weights_record(files: dict[str, list[Path]]) -> dict[str, dict[str, str]]:
+    """model id -> {file: sha256} for the files a run reads: from each folder's manifest, hashing only unlisted files."""
+    from avtool.weights.manifest import MANIFEST_NAME, digests, read_manifest
+
+    record: dict[str, dict[str, str]] = {}
+    manifests: dict[Path, dict[str, Any] | None] = {}
+    for model, paths in files.items():
+        for path in paths:
+            folder = next((p for p in path.parents if (p / MANIFEST_NAME).is_file()), None)
+            if folder is not None and folder not in manifests:
+                manifests[folder] = read_manifest(folder)
+            entry = manifests.get(folder, {}) if folder else {}
+            listed = (entry or {}).get("files", {}).get(path.relative_to(folder).as_posix()) if folder else None
+            if listed and listed.get("size") == path.stat().st_size:
+                record.setdefault(model, {})[str(path)] = listed["sha256"]
+            else:
+                record.setdefault(model, {})[str(path)] = digests(path).sha256
+    return record
+
+
+def options_record(request: Any) -> dict[str, Any]:
+    """A request dataclass as plain JSON values."""
+    return json.loads(json.dumps(asdict(request), default=str))
+

@@ -1,43 +1,49 @@
 """MusicInfuser music-to-dance: a song in, a dance video with the song's excerpt muxed in out.
 
-    validate inputs, options and weight files      (nothing loaded yet)
-    plan one job per (input, seed)
-    encode the prompt once with T5, then free T5
+    validate inputs, options and weight files      (nothing imported or loaded yet)
+    plan one job per (input, seed)                 (this process's shard of them)
+    encode the prompt once with T5 (fp32, as upstream), then free T5
     load the DiT (+ merged adapter), the VAE and wav2vec2 once
     per job: excerpt -> wav2vec2 features -> Euler sampling with batched text CFG -> VAE decode
-             -> H.264 + AAC video and sidecar JSON
+             -> H.264 + AAC video and sidecar JSON (the shared job driver in `common.py`)
 
 Importing this module imports no torch: option and input errors answer before any heavy import.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
-import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from avtool.errors import BadInput
-from avtool.media import AudioStreamInfo, ensure_output_dir, load_audio, probe, write_video
-from avtool.media.audio import resample
+from avtool.media import AudioStreamInfo, load_audio, probe, write_video
+from avtool.media.resample import sinc_resample_window, sinc_window_bounds
 from avtool.media.video import fit_length
-from avtool.pipelines.common import GenerationOptions, plan_jobs, resolve_device, resolve_dtype, write_sidecar
+from avtool.pipelines.common import GenerationOptions, Job, Rendered, RunInfo, options_record, plan_jobs, run_jobs, weights_record
+from avtool.runtime import RUNNER_MODES, Stopwatch, resolve_device, resolve_dtype, resolve_shard, silence_libraries
 from avtool.ui import progress, say
+from avtool.weights.layout import ADAPTER_FILE, ADAPTER_FOLDER, MOCHI_FOLDER, WAV2VEC_FOLDER, WeightsCheck
 
 DEFAULT_PROMPT = ("a professional female dancer dancing K-pop in an advanced dance setting in a studio with a white "
                   "background, captured from a front view")
 DEFAULT_STEPS = 64
+MIN_STEPS = 2  # Mochi's linear-quadratic schedule has a linear and a quadratic part
 MODEL_FPS = 30  # the excerpt covers num_frames at the 30 fps MusicInfuser was trained on, whatever --fps says
 EXCERPT_PAD_SECONDS = 0.09  # upstream's excerpt is num_frames/30 + 0.09 s (a convention shared with its preprocessing)
+UPSTREAM_SAMPLE_RATE = 44100  # upstream re-encodes every song to 44.1 kHz before drawing the excerpt start
 WAV2VEC_RATE = 16000
 TEXT_TOKENS = 256
 LATENT_CHANNELS = 12
 SPATIAL_SCALE, TEMPORAL_SCALE, PATCH = 8, 6, 2
+MODEL_OF_FOLDER = {MOCHI_FOLDER: MOCHI_FOLDER, ADAPTER_FOLDER: ADAPTER_FOLDER, WAV2VEC_FOLDER: ADAPTER_FOLDER}
 
 
 @dataclass(frozen=True)
@@ -57,30 +63,32 @@ class DanceRequest:
 
 @dataclass(frozen=True)
 class DanceWeights:
-    """The checked weight locations a dance run reads."""
+    """The checked weight files a dance run reads."""
 
     root: Path
     mochi: Path
+    transformer_files: list[Path]
     adapter: Path
     wav2vec: Path
+    files: dict[str, list[Path]]  # model id -> every file checked (for the sidecar's hashes)
 
 
-@dataclass(frozen=True)
-class DanceResult:
-    input: str
-    output: str
-    sidecar: str
-    seed: int
-    start: float
-    num_frames: int
-    fps: float
-    width: int
-    height: int
-    seconds: float
+@dataclass
+class DanceModels:
+    """Everything loaded once per run."""
+
+    step: Any  # StepRunner over the guided Mochi flow model
+    vae: Any
+    wav2vec: Any
+    text: Any  # (2, 256, D) [empty prompt, prompt] T5 embeddings in the run dtype
+    text_mask: Any
+    sigmas: Any
+    device: str
+    noise_device: str
 
 
-def dance(inputs: list[Path], request: DanceRequest, opts: GenerationOptions) -> list[DanceResult]:
-    """Make one dance video per (input, seed); models load once. Returns what was written."""
+def dance(inputs: list[Path], request: DanceRequest, opts: GenerationOptions) -> Iterator[dict[str, Any]]:
+    """Make one dance video per (input, seed); models load once. Yields each job's result as it is written."""
     # 1. Validate everything that needs no model.
     check_options(request, opts)
     songs = {path: probe(path).require_audio() for path in inputs}
@@ -90,71 +98,85 @@ def dance(inputs: list[Path], request: DanceRequest, opts: GenerationOptions) ->
     weights = check_weights(opts.weights_dir)
     height, width = resolve_size(request, weights)
     steps = opts.steps or DEFAULT_STEPS
+    shard = resolve_shard(opts.shard)
 
-    # 2. Plan the jobs.
-    jobs = plan_jobs(inputs, opts, suffix="_generated")
-    for folder in {job.output.parent for job in jobs}:
-        ensure_output_dir(folder)
-    if not opts.seeds:
-        say(f"seed {jobs[0].seed if jobs else '-'} (drawn; pass --seed to repeat this run)", opts.quiet)
-    if not jobs:
-        say("nothing to do: every output exists (--skip-existing)", opts.quiet)
-        return []
+    # 2. Plan the jobs (this process's share of them).
+    jobs = plan_jobs([{"music": path} for path in inputs], opts, suffix="_generated", shard=shard)
 
-    from avtool.sampling import StepRunner, TextCfgDenoiser, linear_quadratic_sigmas, resolve_runner
+    # 3. Load once, then render each job.
+    load = functools.partial(load_models, weights, request, opts, steps, shard, (height, width))
+    render = functools.partial(render_job, songs=songs, request=request, size=(height, width), quiet=opts.quiet)
+    yield from run_jobs(jobs, opts, load, render)
 
-    device = resolve_device(opts.device)
+
+def load_models(weights: DanceWeights, request: DanceRequest, opts: GenerationOptions, steps: int, shard,
+                size: tuple[int, int]) -> tuple[DanceModels, RunInfo]:
+    """The prompt's T5 embeddings, the MusicInfuser DiT behind CFG and the step runner, the VAE and wav2vec2."""
+    from diffusers import AutoencoderKLMochi
+
+    from avtool.models.mochi import MochiFlowModel, use_masked_attention
+    from avtool.models.musicinfuser import Wav2VecEncoder
+    from avtool.sampling import CFGDenoiser, StepRunner, linear_quadratic_sigmas, resolve_runner
+    from avtool.weights.loading import load_pretrained, weights_hint
+
+    device = resolve_device(opts.device, shard)
     dtype = resolve_dtype(opts.dtype, device)
     runner_mode = resolve_runner(request.runner, device)
     silence_libraries()
-
-    # 3. Load the models once (T5 only for as long as it takes to encode the one prompt).
     clock = Stopwatch()
-    text, text_mask = encode_prompt(weights, request.prompt, device, dtype)
-    transformer, vae, wav2vec = load_models(weights, device, dtype, request.tiling)
-    step = StepRunner(TextCfgDenoiser(transformer, request.cfg_scale), runner_mode)
-    sigmas = linear_quadratic_sigmas(steps).to(device)
-    weights_info = weights_record(weights)
-    load_seconds = clock.lap()
+    with weights_hint(weights.root, MODEL_OF_FOLDER):
+        text, text_mask = encode_prompt(weights, request.prompt, device, dtype)
+        vae = load_pretrained(AutoencoderKLMochi, weights.mochi / "vae", torch_dtype=dtype).to(device).eval()
+        transformer = load_transformer(weights, device, dtype)
+        wav2vec = Wav2VecEncoder.from_folder(weights.wav2vec, device)
+    if request.tiling:
+        vae.enable_tiling()  # spatial tiles of 256 px with overlap blending
+    step = StepRunner(CFGDenoiser(MochiFlowModel(transformer), request.cfg_scale), runner_mode,
+                      prepare_for_capture=use_masked_attention)
+    models = DanceModels(step, vae, wav2vec, text, text_mask, linear_quadratic_sigmas(steps).to(device), device,
+                         device if opts.generator == "device" else "cpu")
+    info = RunInfo("dance", device, str(dtype).removeprefix("torch."), steps, weights_record(weights.files),
+                   {**options_record(request), "height": size[0], "width": size[1], "runner": runner_mode,
+                    "generator": opts.generator}, shard, clock.lap())
+    return models, info
 
-    results = []
-    for job in jobs:
-        timings: dict[str, float] = {}
 
-        # 4. The song's excerpt (channel 0 resampled to 16 kHz, as upstream), and its wav2vec2 features.
-        excerpt, sample_rate, start = music_excerpt(job.input, songs[job.input], request, job.seed)
-        wave_16k = fit_length(resample(excerpt[0], sample_rate, WAV2VEC_RATE), math.ceil(WAV2VEC_RATE * excerpt_seconds(request)))
-        audio = wav2vec(wave_16k).to(device, dtype)
-        timings["features"] = clock.lap()
+def render_job(models: DanceModels, job: Job, songs: dict[Path, AudioStreamInfo], request: DanceRequest,
+               size: tuple[int, int], quiet: bool) -> Rendered:
+    """One dance video: the excerpt's features, sampling, decoding, and the video with the excerpt muxed in."""
+    song = job.inputs["music"]
+    clock, timings = Stopwatch(), {}
 
-        # 5. Sample the latents from seeded noise (drawn on the CPU: the same seed gives the same video on any device).
-        say(f"{job.input.name} -> {job.output.name}: seed {job.seed}, excerpt at {start:.2f} s, {steps} steps", opts.quiet)
-        noise = initial_noise(job.seed, request.num_frames, height, width).to(device)
-        latents = sample_latents(step, noise, sigmas, text, text_mask, audio, opts.quiet)
-        timings["sampling"] = clock.lap()
+    # The song's excerpt, and the wav2vec2 features of its channel 0 at 16 kHz (as upstream).
+    start_sample = excerpt_start(songs[song], request, job.seed)
+    start = start_sample / UPSTREAM_SAMPLE_RATE
+    excerpt, sample_rate = music_excerpt(song, songs[song], request, start_sample)
+    audio = models.wav2vec(wav2vec_input(song, songs[song], request, start_sample)).to(models.device, models.text.dtype)
+    timings["features"] = clock.lap()
 
-        # 6. Decode, write the video with the excerpt, and the sidecar.
-        frames = decode_latents(vae, latents, opts.quiet)
-        timings["decode"] = clock.lap()
-        write_video(frames, request.fps, job.output, audio=excerpt, sample_rate=sample_rate)
-        timings["write"] = clock.lap()
-        record = {"input": str(job.input), "seed": job.seed, "excerpt_start": start, "excerpt_seconds": excerpt_seconds(request),
-                  "steps": steps, **asdict(request), "height": height, "width": width, "runner": runner_mode,
-                  "device": device, "dtype": str(dtype).removeprefix("torch."), "weights": weights_info,
-                  "timings": {"load": load_seconds, **timings}}
-        sidecar = write_sidecar(job.output, record)
-        results.append(DanceResult(str(job.input), str(job.output), str(sidecar), job.seed, start, request.num_frames,
-                                   request.fps, width, height, sum(timings.values())))
-        say(f"wrote {job.output}", opts.quiet)
-    return results
+    # Sample the latents from seeded noise.
+    say(f"{song.name} -> {job.output.name}: seed {job.seed}, excerpt at {start:.2f} s, {len(models.sigmas) - 1} steps", quiet)
+    noise = initial_noise(job.seed, request.num_frames, *size, device=models.noise_device).to(models.device)
+    latents = sample_latents(models.step, noise, models.sigmas, models.text, models.text_mask, audio, quiet)
+    timings["sampling"] = clock.lap()
+
+    # Decode, then write the video with the excerpt.
+    frames = decode_latents(models.vae, latents, quiet)
+    timings["decode"] = clock.lap()
+    write_video(frames, request.fps, job.output, audio=excerpt, sample_rate=sample_rate)
+    timings["write"] = clock.lap()
+    details = {"input": str(song), "start": start, "excerpt_seconds": excerpt_seconds(request), "num_frames": request.num_frames,
+               "fps": request.fps, "height": size[0], "width": size[1]}
+    return Rendered(details, timings)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Validation (before any model loads)
+# Validation (before any model loads; nothing here imports torch)
 
 
 def check_options(request: DanceRequest, opts: GenerationOptions) -> None:
     """Refuse (exit 2) options the model cannot run with, naming the nearest valid values."""
+    opts.check(min_steps=MIN_STEPS)
     n = request.num_frames
     if n < TEMPORAL_SCALE + 1 or (n - 1) % TEMPORAL_SCALE:
         raise BadInput(f"--num-frames {n}: must be 6k+1 (7, 13, ..., 145, ...); nearest valid: {_nearest(n - 1, TEMPORAL_SCALE, 1)}")
@@ -168,10 +190,6 @@ def check_options(request: DanceRequest, opts: GenerationOptions) -> None:
         raise BadInput(f"--cfg-scale {request.cfg_scale}: must be a finite number")
     if request.start is not None and request.start < 0:
         raise BadInput(f"--start {request.start:g}: must not be negative")
-    if opts.steps is not None and opts.steps < 2:
-        raise BadInput(f"--steps {opts.steps}: Mochi's linear-quadratic schedule needs at least 2 steps")
-    from avtool.sampling.runner import RUNNER_MODES
-
     if request.runner not in RUNNER_MODES:
         raise BadInput(f"--runner {request.runner}: expected one of {', '.join(RUNNER_MODES)}")
 
@@ -184,24 +202,34 @@ def _nearest(value: int, multiple: int, offset: int) -> str:
 
 
 def check_weights(weights_dir: Path) -> DanceWeights:
-    """Check that the config files of every model the run needs are there (exit 3 with the download hint otherwise).
-
-    The tensor files are checked by each loader before it reads anything.
-    """
-    from avtool.models.musicinfuser import ADAPTER_FILE, ADAPTER_FOLDER, MOCHI_FOLDER, WAV2VEC_FOLDER
-    from avtool.weights.layout import require_files
-
-    mochi = require_files(weights_dir, MOCHI_FOLDER, [
-        "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json",
-        "transformer/config.json", "vae/config.json"], MOCHI_FOLDER)
-    adapter = require_files(weights_dir, ADAPTER_FOLDER, [ADAPTER_FILE], ADAPTER_FOLDER) / ADAPTER_FILE
-    wav2vec = require_files(weights_dir, WAV2VEC_FOLDER, ["config.json", "preprocessor_config.json"], ADAPTER_FOLDER)
-    return DanceWeights(Path(weights_dir), mochi, adapter, wav2vec)
+    """Check every file the loaders will read, for every model at once (exit 3 naming every model to download)."""
+    check = WeightsCheck(weights_dir)
+    mochi = check.root / MOCHI_FOLDER
+    check.file(MOCHI_FOLDER, f"{MOCHI_FOLDER}/tokenizer/tokenizer_config.json")
+    check.file(MOCHI_FOLDER, f"{MOCHI_FOLDER}/tokenizer/tokenizer.json", f"{MOCHI_FOLDER}/tokenizer/spiece.model")
+    for component, stem in (("text_encoder", "model"), ("vae", "diffusion_pytorch_model")):
+        check.file(MOCHI_FOLDER, f"{MOCHI_FOLDER}/{component}/config.json")
+        check.safetensors(MOCHI_FOLDER, f"{MOCHI_FOLDER}/{component}", stem)
+    check.file(MOCHI_FOLDER, f"{MOCHI_FOLDER}/transformer/config.json")
+    transformer_files = check.safetensors(MOCHI_FOLDER, f"{MOCHI_FOLDER}/transformer", "diffusion_pytorch_model")
+    adapter = check.file(ADAPTER_FOLDER, f"{ADAPTER_FOLDER}/{ADAPTER_FILE}")
+    for name in ("config.json", "preprocessor_config.json"):
+        check.file(ADAPTER_FOLDER, f"{WAV2VEC_FOLDER}/{name}")
+    check.file(ADAPTER_FOLDER, f"{WAV2VEC_FOLDER}/model.safetensors", f"{WAV2VEC_FOLDER}/pytorch_model.bin")
+    check.raise_if_missing()
+    return DanceWeights(check.root, mochi, transformer_files, adapter, check.root / WAV2VEC_FOLDER, check.files)
 
 
 def resolve_size(request: DanceRequest, weights: DanceWeights) -> tuple[int, int]:
     """(height, width) in pixels: the options, else the transformer config's latent sample size x 8 (Mochi-1: 480x848)."""
-    config = json.loads((weights.mochi / "transformer" / "config.json").read_text())
+    from avtool.errors import WeightsError
+    from avtool.weights.layout import download_hint
+
+    path = weights.mochi / "transformer" / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise WeightsError(f"{path}: not valid JSON ({error})", hint=download_hint([MOCHI_FOLDER], weights.root)) from None
     height = request.height or config.get("sample_height", 60) * SPATIAL_SCALE
     width = request.width or config.get("sample_width", 106) * SPATIAL_SCALE
     return height, width
@@ -215,50 +243,90 @@ def excerpt_seconds(request: DanceRequest) -> float:
     return request.num_frames / MODEL_FPS + EXCERPT_PAD_SECONDS
 
 
-def music_excerpt(path: Path, song: AudioStreamInfo, request: DanceRequest, seed: int) -> tuple[np.ndarray, int, float]:
-    """The excerpt at the file's own rate, (channels, n), zero-padded if the song is shorter; and its start in seconds.
+def excerpt_start(song: AudioStreamInfo, request: DanceRequest, seed: int) -> int:
+    """The excerpt's first sample on upstream's 44.1 kHz grid: --start, else drawn as upstream draws it.
 
-    Without --start the start sample is drawn as upstream draws it (`random.randint` seeded with the seed),
-    so the same seed picks the same excerpt. Only the excerpt's window is decoded.
+    Upstream re-encodes the song to 44.1 kHz (moviepy: `int(44100 * duration)` samples, the duration rounded to
+    1/100 s) and draws `random.randint(0, n - ceil(44100 * seconds))` seeded with the seed; drawing on that grid
+    whatever the file's own rate picks the same excerpt as upstream.
+    """
+    if request.start is not None:
+        return round(request.start * UPSTREAM_SAMPLE_RATE)
+    total, length = upstream_length(song), math.ceil(UPSTREAM_SAMPLE_RATE * excerpt_seconds(request))
+    return random.Random(seed).randint(0, total - length) if total > length else 0
+
+
+def upstream_length(song: AudioStreamInfo) -> int:
+    return int(UPSTREAM_SAMPLE_RATE * round(song.duration, 2))
+
+
+def music_excerpt(path: Path, song: AudioStreamInfo, request: DanceRequest, start: int) -> tuple[np.ndarray, int]:
+    """The excerpt from 44.1 kHz sample `start`, at the file's own rate, (channels, n), zero-padded if the song is shorter.
+
+    Only the excerpt's window is decoded.
     """
     rate = song.sample_rate
-    length = math.ceil(rate * excerpt_seconds(request))
-    if request.start is not None:
-        first = round(request.start * rate)
-    else:
-        total = round(song.duration * rate)
-        first = random.Random(seed).randint(0, total - length) if total > length else 0
+    first, length = round(start * rate / UPSTREAM_SAMPLE_RATE), math.ceil(rate * excerpt_seconds(request))
     samples, rate = load_audio(path, mono=False, start=first / rate, duration=length / rate)
-    return fit_length(samples, length), rate, first / rate
+    return fit_length(samples, length), rate
+
+
+def wav2vec_input(path: Path, song: AudioStreamInfo, request: DanceRequest, start: int) -> np.ndarray:
+    """wav2vec2's 16 kHz input for the excerpt at 44.1 kHz sample `start`, computed as upstream computes it.
+
+    Upstream resamples the whole 44.1 kHz song with torchaudio's windowed sinc, keeps channel 0, crops from
+    `int(start / 44100 * 16000)` and zero-pads to `ceil(16000 * seconds)`. The same samples come from a window of
+    the song with the kernel's margins (`avtool.media.resample`), so only a few seconds are decoded.
+    """
+    seconds, total = excerpt_seconds(request), upstream_length(song)
+    first, count = int(start / UPSTREAM_SAMPLE_RATE * WAV2VEC_RATE), math.ceil(WAV2VEC_RATE * seconds)
+    lo, hi = sinc_window_bounds(first, count, UPSTREAM_SAMPLE_RATE, WAV2VEC_RATE, total)
+    window = song_at_44k(path, song.sample_rate, lo, hi)
+    return fit_length(sinc_resample_window(window, lo, first, count, UPSTREAM_SAMPLE_RATE, WAV2VEC_RATE, total), count)
+
+
+def song_at_44k(path: Path, rate: int, lo: int, hi: int) -> np.ndarray:
+    """Channel 0 of the song at 44.1 kHz, samples [lo, hi), zero past the end.
+
+    A file at another rate is decoded from a little before `lo`, on a time where both rates have a sample,
+    and converted (soxr; upstream's is ffmpeg's, so those files match upstream only approximately).
+    """
+    margin = 0.0 if rate == UPSTREAM_SAMPLE_RATE else 0.05
+    grid = math.gcd(rate, UPSTREAM_SAMPLE_RATE)
+    t0 = math.floor(max(lo / UPSTREAM_SAMPLE_RATE - margin, 0.0) * grid) / grid
+    offset = round(t0 * UPSTREAM_SAMPLE_RATE)
+    samples, _ = load_audio(path, sr=UPSTREAM_SAMPLE_RATE, mono=False, start=t0, duration=(hi - offset) / UPSTREAM_SAMPLE_RATE + margin)
+    return fit_length(samples[0, lo - offset:], hi - lo)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Models
 
 
-def load_pretrained(cls, folder: Path, **kwargs):
-    """`cls.from_pretrained(folder)`, with a broken or incomplete folder reported as a weights error (exit 3)."""
-    from avtool.errors import WeightsError
-    from avtool.weights.layout import weights_variant
+def load_transformer(weights: DanceWeights, device: str, dtype, adapter: bool = True):
+    """The MusicInfuser DiT from checked weights (`adapter=False`: the plain Mochi DiT)."""
+    from avtool.models.musicinfuser import load_dance_transformer
+    from avtool.weights.loading import weights_hint
 
-    try:
-        return cls.from_pretrained(folder, variant=weights_variant(folder), **kwargs)
-    except (OSError, ValueError, KeyError) as error:
-        raise WeightsError(f"{folder}: cannot load {cls.__name__} ({str(error).splitlines()[0]})",
-                           model=folder.parent.name) from error
+    with weights_hint(weights.root, MODEL_OF_FOLDER):
+        return load_dance_transformer(weights.mochi / "transformer", weights.transformer_files,
+                                      weights.adapter if adapter else None, device, dtype)
 
 
 def encode_prompt(weights: DanceWeights, prompt: str, device: str, dtype):
-    """T5 embeddings and masks of [empty prompt, prompt], (2, 256, D) and (2, 256); T5 is freed afterwards.
+    """T5 embeddings and masks of [empty prompt, prompt], (2, 256, D) in `dtype` and (2, 256); T5 is freed afterwards.
 
-    The empty prompt gets zeroed token ids and an all-False mask, as genmo does (diffusers:
-    `force_zeros_for_empty_prompt=True`), which is also what MusicInfuser's caption dropout trained on.
+    T5 runs in fp32, as upstream does (it runs once per run). The empty prompt gets zeroed token ids and an
+    all-False mask, as genmo does (diffusers: `force_zeros_for_empty_prompt=True`), which is also what
+    MusicInfuser's caption dropout trained on.
     """
     import torch
     from transformers import AutoTokenizer, T5EncoderModel
 
+    from avtool.weights.loading import load_pretrained
+
     tokenizer = load_pretrained(AutoTokenizer, weights.mochi / "tokenizer")
-    text_encoder = load_pretrained(T5EncoderModel, weights.mochi / "text_encoder", dtype=dtype).to(device).eval()
+    text_encoder = load_pretrained(T5EncoderModel, weights.mochi / "text_encoder", dtype=torch.float32).to(device).eval()
     embeds, masks = [], []
     for text in ("", prompt):
         tokens = tokenizer(text, padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
@@ -273,38 +341,28 @@ def encode_prompt(weights: DanceWeights, prompt: str, device: str, dtype):
     return torch.cat(embeds).to(dtype), torch.cat(masks)
 
 
-def load_models(weights: DanceWeights, device: str, dtype, tiling: bool):
-    """The MusicInfuser DiT (adapter merged), the Mochi VAE and the wav2vec2 encoder."""
-    from diffusers import AutoencoderKLMochi
+def initial_noise(seed: int, num_frames: int, height: int, width: int, device: str = "cpu"):
+    """fp32 Gaussian latents (1, 12, T, H/8, W/8) from a generator on `device` seeded with `seed`.
 
-    from avtool.models.musicinfuser import Wav2VecEncoder, load_dance_transformer
-
-    transformer = load_dance_transformer(weights.root, device, dtype)
-    vae = load_pretrained(AutoencoderKLMochi, weights.mochi / "vae", torch_dtype=dtype).to(device).eval()
-    if tiling:
-        vae.enable_tiling()  # spatial tiles of 256 px with overlap blending
-    wav2vec = Wav2VecEncoder.from_folder(weights.wav2vec, device)
-    return transformer, vae, wav2vec
-
-
-def initial_noise(seed: int, num_frames: int, height: int, width: int):
-    """fp32 Gaussian latents (1, 12, T, H/8, W/8) from a CPU generator seeded with `seed` (as MochiPipeline with a CPU generator)."""
+    On the CPU (the default) the same seed gives the same video on any device, as MochiPipeline with a CPU
+    generator; on CUDA it draws what upstream's seeded `torch.randn(..., device="cuda")` draws.
+    """
     import torch
 
     shape = (1, LATENT_CHANNELS, (num_frames - 1) // TEMPORAL_SCALE + 1, height // SPATIAL_SCALE, width // SPATIAL_SCALE)
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+    return torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), dtype=torch.float32, device=device)
 
 
 def sample_latents(step, noise, sigmas, text, text_mask, audio, quiet: bool = False):
-    """Euler sampling from `noise` along `sigmas` with the guided `step(x, sigma, text, text_mask, audio)`."""
+    """Euler sampling from `noise` along `sigmas` with the guided Mochi `step(x, sigma, text=, text_mask=, audio_features=)`."""
     import torch
 
-    from avtool.sampling import sample_euler
+    from avtool.sampling import sample_euler_flow
 
     with progress(quiet) as bar, torch.inference_mode():
         task = bar.add_task("sampling", total=len(sigmas) - 1)
-        return sample_euler(lambda x, sigma: step(x, sigma, text, text_mask, audio), noise, sigmas,
-                            callback=lambda i, x: bar.advance(task))
+        return sample_euler_flow(step, noise, sigmas, extra_args={"text": text, "text_mask": text_mask, "audio_features": audio},
+                                 callback=lambda state: bar.advance(task))
 
 
 def decode_latents(vae, latents, quiet: bool = False) -> np.ndarray:
@@ -318,35 +376,3 @@ def decode_latents(vae, latents, quiet: bool = False) -> np.ndarray:
         video = vae.decode((latents * std / vae.config.scaling_factor + mean).to(vae.dtype), return_dict=False)[0]
     video = ((video[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return video.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def weights_record(weights: DanceWeights) -> dict[str, Any]:
-    """The weight folders used, with the adapter's sha256 (the DiT shards are too big to hash on every run)."""
-    from avtool.weights.manifest import digests
-
-    return {"mochi": str(weights.mochi), "adapter": str(weights.adapter), "adapter_sha256": digests(weights.adapter).sha256,
-            "wav2vec2": str(weights.wav2vec)}
-
-
-def silence_libraries() -> None:
-    """Our own progress bars replace the libraries' loading bars; Mochi's RoPE warns on every CPU forward."""
-    import warnings
-
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
-
-
-class Stopwatch:
-    """Seconds since the previous lap."""
-
-    def __init__(self) -> None:
-        self.last = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        elapsed, self.last = now - self.last, now
-        return elapsed

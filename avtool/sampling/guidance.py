@@ -1,4 +1,4 @@
-"""Classifier-free guidance on the text only, with both branches in one batch."""
+"""Classifier-free guidance with both branches in one batch, for any model adapter."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import torch
 from torch import nn
 
 
-class TextCfgDenoiser(nn.Module):
-    """Guided velocity `uncond + scale * (cond - uncond)` from one forward of the batch [uncond, cond].
+class CFGDenoiser(nn.Module):
+    """`uncond + scale * (cond - uncond)` from one forward of the batch `[x, x]`.
 
-    The text conditioning comes stacked as [uncond, cond] (the unconditional one is the empty prompt
-    with zeroed tokens and mask); the audio features are the same for both branches and stay at
-    batch 1 (the model expands them). The model predicts in its own dtype; guidance runs in fp32.
+    `model(x, sigma, **conditioning)` is a model adapter that knows its model's own call (see e.g.
+    `avtool.models.mochi.MochiFlowModel`). Conditioning that differs between the branches comes stacked on
+    the batch axis as `[uncond, cond]` (2B rows for B latents); conditioning that is the same for both may stay
+    at batch 1 when the model expands it. Guidance is computed in fp32.
     """
 
     def __init__(self, model: nn.Module, scale: float) -> None:
@@ -19,25 +20,7 @@ class TextCfgDenoiser(nn.Module):
         self.model = model
         self.scale = scale
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        sigma: torch.Tensor,
-        text: torch.Tensor,
-        text_mask: torch.Tensor,
-        audio: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        dtype = text.dtype
-        batch = torch.cat([x, x]).to(dtype)
-        # Mochi's transformer is conditioned on the timestep (1 - sigma) * 1000, not on sigma.
-        timestep = ((1 - sigma) * 1000).expand(2).to(dtype)
-        prediction = self.model(
-            hidden_states=batch,
-            encoder_hidden_states=text,
-            timestep=timestep,
-            encoder_attention_mask=text_mask,
-            audio_features=audio,
-            return_dict=False,
-        ).float()
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **conditioning: torch.Tensor | None) -> torch.Tensor:
+        prediction = self.model(torch.cat([x, x]), sigma, **conditioning).float()
         uncond, cond = prediction.chunk(2)
         return uncond + self.scale * (cond - uncond)

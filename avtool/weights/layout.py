@@ -3,14 +3,26 @@
 Every model has one folder directly under the weights folder, named by its local folder name (the
 registry maps model ids to these), holding the upstream repository's files with their upstream names.
 `weights/tiny/` holds the same layout with small random checkpoints.
+
+A pipeline lists what its loaders will read through a `WeightsCheck` before anything is imported or
+loaded; every missing file of every model is then reported in one error whose hint names every model
+to download. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from avtool.errors import WeightsError
+
+# MusicInfuser (`avtool dance`): Mochi-1 in the diffusers layout, the adapter file, wav2vec2.
+MOCHI_FOLDER = "mochi-1-preview"
+ADAPTER_FOLDER = "musicinfuser"
+ADAPTER_FILE = "musicinfuser.safetensors"
+WAV2VEC_FOLDER = "wav2vec2-base-960h"
+VARIANTS = ("bf16", "fp16")
 
 
 def default_weights_dir() -> Path:
@@ -18,25 +30,94 @@ def default_weights_dir() -> Path:
     return Path(os.environ.get("AVTOOL_WEIGHTS", "weights"))
 
 
-def require_files(weights_dir: str | os.PathLike, folder: str, files: list[str], model: str) -> Path:
-    """Return `weights_dir/folder` after checking that each of `files` (relative to it) exists and is non-empty.
+def download_hint(models: list[str], weights_dir: str | os.PathLike | None = None) -> str:
+    """`run: avtool download-weights A B [--dir W] [--tiny]`, repeating the user's own weights folder."""
+    command = ["run: avtool download-weights", *dict.fromkeys(models)]
+    if weights_dir is not None:
+        weights_dir = Path(weights_dir)
+        if weights_dir != default_weights_dir():
+            command.append(f"--dir {weights_dir}")
+        if _holds_tiny_weights(weights_dir):
+            command.append("--tiny")
+    return " ".join(command)
 
-    Raises WeightsError (exit 3) naming the first missing file, with the `avtool download-weights MODEL` hint.
-    """
-    root = Path(weights_dir) / folder
-    for name in files:
-        path = root / name
-        if not path.is_file():
-            raise WeightsError(f"{path}: missing (weights for {model})", model=model)
-        if path.stat().st_size == 0:
-            raise WeightsError(f"{path}: empty file (weights for {model})", model=model)
-    return root
+
+def _holds_tiny_weights(weights_dir: Path) -> bool:
+    if weights_dir.name == "tiny":
+        return True
+    for manifest in weights_dir.glob("*/avtool-manifest.json"):
+        try:
+            return json.loads(manifest.read_text()).get("source", {}).get("kind") == "tiny"
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 def weights_variant(folder: Path) -> str | None:
     """The diffusers variant tag ("bf16", then "fp16") of a folder holding only tagged weight files
     (`download-weights --variant`), or None when untagged files are there."""
     names = [path.name for path in folder.glob("*.safetensors")]
-    if any(".bf16" not in name and ".fp16" not in name for name in names):
+    if any(not any(f".{tag}" in name for tag in VARIANTS) for name in names):
         return None
-    return next((tag for tag in ("bf16", "fp16") if any(f".{tag}" in name for name in names)), None)
+    return next((tag for tag in VARIANTS if any(f".{tag}" in name for name in names)), None)
+
+
+class WeightsCheck:
+    """The files a run will read, checked together: `missing` collects every absent one per model."""
+
+    def __init__(self, weights_dir: str | os.PathLike) -> None:
+        self.root = Path(weights_dir)
+        if self.root.exists() and not self.root.is_dir():
+            raise WeightsError(f"--weights-dir {self.root}: is a file, not a folder",
+                               hint="give the folder that holds the model folders (default ./weights)")
+        self.missing: dict[str, list[str]] = {}
+        self.files: dict[str, list[Path]] = {}  # model id -> files that will be read (for the sidecar's hashes)
+
+    def file(self, model: str, relative: str, *alternatives: str) -> Path:
+        """`root/relative` (or the first existing of the alternatives), recorded as needed by `model`."""
+        for name in (relative, *alternatives):
+            path = self.root / name
+            if path.is_file() and path.stat().st_size > 0:
+                self.files.setdefault(model, []).append(path)
+                return path
+        self.missing.setdefault(model, []).append(str(self.root / relative) + (" (or an alternative)" if alternatives else ""))
+        return self.root / relative
+
+    def safetensors(self, model: str, folder: str, stem: str) -> list[Path]:
+        """A diffusers/transformers weights file set: `stem[.variant].safetensors`, or its shards by index."""
+        directory = self.root / folder
+        variant = weights_variant(directory) if directory.is_dir() else None
+        tag = f".{variant}" if variant else ""
+        index = directory / f"{stem}.safetensors.index{tag}.json"
+        if not index.is_file():
+            return [self.file(model, f"{folder}/{stem}{tag}.safetensors")]
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+            raise WeightsError(f"{index}: unreadable shard index ({error})", hint=download_hint([model], self.root)) from None
+        return [self.file(model, f"{folder}/{index.name}"), *(self.file(model, f"{folder}/{name}") for name in shards)]
+
+    def raise_if_missing(self) -> None:
+        """One WeightsError naming the first missing files (a whole missing model folder once) and, in its hint,
+        every model to download."""
+        if not self.missing:
+            return
+        hint = download_hint(list(self.missing), self.root)
+        if not self.root.is_dir():
+            raise WeightsError(f"{self.root}: no such weights folder", hint=hint)
+        paths: list[str] = []
+        for path in (p for ps in self.missing.values() for p in ps):
+            folder = self.root / Path(path).relative_to(self.root).parts[0]
+            paths.append(f"{folder}/ (the whole folder)" if not folder.is_dir() else path)
+        paths = list(dict.fromkeys(paths))
+        more = f" (+{len(paths) - 3} more)" if len(paths) > 3 else ""
+        raise WeightsError(f"missing weights: {', '.join(paths[:3])}{more}", hint=hint)
+
+
+def require_files(weights_dir: str | os.PathLike, folder: str, files: list[str], model: str) -> Path:
+    """Return `weights_dir/folder` after checking that each of `files` (relative to it) exists and is non-empty."""
+    check = WeightsCheck(weights_dir)
+    for name in files:
+        check.file(model, f"{folder}/{name}")
+    check.raise_if_missing()
+    return Path(weights_dir) / folder

@@ -7,8 +7,10 @@ pickled code (a class, a function call) is refused with WeightsError (exit 3), n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,32 @@ def _existing(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise WeightsError(f"{path}: missing checkpoint file")
     return path
+
+
+def load_pretrained(cls, folder: Path, **kwargs):
+    """`cls.from_pretrained(folder)` (a diffusers or transformers class), reading a `--variant` folder's tagged files;
+    a broken or incomplete folder is a WeightsError (exit 3), not a traceback."""
+    from avtool.weights.layout import weights_variant
+
+    variant = weights_variant(folder)
+    try:
+        return cls.from_pretrained(folder, **({"variant": variant} if variant else {}), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise WeightsError(f"{folder}: cannot load {cls.__name__} ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+
+
+@contextlib.contextmanager
+def weights_hint(weights_dir: str | os.PathLike, models: dict[str, str]) -> Iterator[None]:
+    """Give a WeightsError raised inside the block without a hint the `avtool download-weights ...` hint.
+
+    `models` maps folder names to model ids; the hint names the model whose folder the error names (else all).
+    """
+    from avtool.weights.layout import download_hint
+
+    try:
+        yield
+    except WeightsError as error:
+        if error.hint is None:
+            named = [model for folder, model in models.items() if f"{os.sep}{folder}{os.sep}" in f"{os.sep}{error.message}"]
+            error.hint = download_hint(named or list(models.values()), weights_dir)
+        raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FOLDER = "mochi-1-preview"
+from avtool.weights.layout import MOCHI_FOLDER as FOLDER
 
 TRANSFORMER_CONFIG = {
     "patch_size": 2,

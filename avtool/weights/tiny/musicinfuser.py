@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from avtool.models.musicinfuser import ADAPTER_FILE, ADAPTER_FOLDER, LAYERS_METADATA_KEY, WAV2VEC_FOLDER
+from avtool.models.musicinfuser import LAYERS_METADATA_KEY
+from avtool.weights.layout import ADAPTER_FILE, ADAPTER_FOLDER, WAV2VEC_FOLDER
 from avtool.weights.tiny.mochi import TRANSFORMER_CONFIG
 
 TINY_AUDIO_LAYERS = (1, 3)  # the tiny DiT has 4 blocks; stored in the file's avtool metadata entry
