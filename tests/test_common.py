@@ -63,10 +63,22 @@ def test_same_stem_twice_is_refused(tmp_path):
         plan_jobs(music("a/song.mp3", "b/song.wav"), GenerationOptions(output_dir=tmp_path, seeds=[1]), "_generated")
 
 
-def test_skip_existing_drops_finished_jobs(tmp_path):
-    (tmp_path / "song_generated_seed1.mp4").write_bytes(b"done")
-    opts = GenerationOptions(output_dir=tmp_path, seeds=[1, 2], skip_existing=True)
-    assert [j.seed for j in plan_jobs(music("song.mp3"), opts, "_generated")] == [2]
+def finish(output: Path, content: bytes = b"done") -> None:
+    """An output as a run leaves it: the file, then its sidecar."""
+    output.write_bytes(content)
+    write_sidecar(Job({}, 0, output), RunInfo("test", "cpu", "float32", 1, {}, {}), Rendered({}, {}))
+
+
+def test_skip_existing_drops_only_complete_jobs(tmp_path):
+    opts = GenerationOptions(output_dir=tmp_path, seeds=[1, 2, 3, 4, 5], skip_existing=True)
+    outputs = [tmp_path / f"song_generated_seed{s}.mp4" for s in range(1, 6)]
+    finish(outputs[0])
+    finish(outputs[1])
+    outputs[1].write_bytes(b"dona")  # changed after its sidecar was written
+    finish(outputs[2])
+    outputs[2].write_bytes(b"")  # truncated
+    outputs[3].write_bytes(b"done")  # no sidecar: the run died before it
+    assert [j.seed for j in plan_jobs(music("song.mp3"), opts, "_generated")] == [2, 3, 4, 5]
 
 
 def test_shards_split_the_plan_stably_and_skip_existing_applies_after_the_split(tmp_path):
@@ -76,7 +88,7 @@ def test_shards_split_the_plan_stably_and_skip_existing_applies_after_the_split(
     assert sorted(j.output for share in shares for j in share) == sorted(j.output for j in everything)
     assert sum(len(share) for share in shares) == len(everything) == 9
     # a finished job of shard 0 does not move any other job to another shard
-    shares[0][0].output.write_bytes(b"done")
+    finish(shares[0][0].output)
     again = GenerationOptions(output_dir=tmp_path, seeds=[1, 2, 3], skip_existing=True)
     assert plan_jobs(music("a.mp3", "b.mp3", "c.mp3"), again, "_x", shard=Shard(0, 4)) == shares[0][1:]
     assert plan_jobs(music("a.mp3", "b.mp3", "c.mp3"), again, "_x", shard=Shard(1, 4)) == shares[1]

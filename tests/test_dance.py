@@ -1,5 +1,6 @@
 """`avtool dance` end to end through the CLI on tiny weights."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -143,3 +144,43 @@ def test_ctrl_c_during_sampling_exits_130_and_leaves_no_file(tiny_weights, song,
     assert proc.returncode == 130, "".join(lines)
     assert "interrupted" in "".join(lines)
     assert list(out.iterdir()) == []  # neither the video, nor its sidecar, nor a temporary file
+
+
+def test_json_results_stream_and_keep_going_runs_past_a_failed_job(avtool, tiny_weights, song, tmp_path):
+    out = tmp_path / "out"
+    (out / "song_generated_seed2.mp4").mkdir(parents=True)  # job 2 cannot write its video
+    args = dance_args(tiny_weights, song, "--num-frames", "7", "--seed", "1", "--seed", "2", "--seed", "3", "--output-dir", out, "--json")
+    stop = avtool(*args)
+    assert stop.returncode != 0
+    [first] = [json.loads(line) for line in stop.stdout.splitlines()]  # job 1's result was printed before job 2 failed
+    assert first["seed"] == 1 and (out / "song_generated_seed1.mp4").is_file()
+    assert not (out / "song_generated_seed3.mp4").exists()
+
+    go_on = avtool(*args, "--keep-going", "--skip-existing")
+    results = [json.loads(line) for line in go_on.stdout.splitlines()]
+    assert [(r["seed"], "error" in r) for r in results] == [(2, True), (3, False)]
+    assert go_on.returncode == results[0]["exit_code"] == stop.returncode
+    errors = [line for line in go_on.stderr.splitlines() if line.startswith("error:")]  # the failed job's, then the summary
+    assert len(errors) == 2 and "song_generated_seed2.mp4" in errors[0] and "1 of 2 jobs failed" in errors[1]
+    assert (out / "song_generated_seed3.mp4").is_file()
+
+
+def test_torchrun_ranks_share_the_jobs_and_write_what_one_process_writes(tiny_weights, song, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    args = [*map(str, dance_args(tiny_weights, song, "--num-frames", "7", "--seed", "1", "--seed", "2", "--seed", "3", "-q"))]
+    one = subprocess.run([sys.executable, "-m", "avtool", *args, "--output-dir", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "avtool", *args, "--output-dir", str(tmp_path / "ranks")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert ranks.returncode == 0, ranks.stderr
+
+    def videos(folder):
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.glob("*.mp4"))}
+
+    assert videos(tmp_path / "ranks") == videos(tmp_path / "one") and len(videos(tmp_path / "one")) == 3
+    shards = {path.name: json.loads(path.read_text())["shard"] for path in (tmp_path / "ranks").glob("*.mp4.json")}
+    assert shards == {"song_generated_seed1.mp4.json": [1, 2], "song_generated_seed2.mp4.json": [2, 2],
+                      "song_generated_seed3.mp4.json": [1, 2]}
+    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

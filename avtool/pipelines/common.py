@@ -88,7 +88,7 @@ def plan_jobs(sources: list[dict[str, Any]], opts: GenerationOptions, suffix: st
 
     `-o` names the file of a single job. Two jobs that would write one file are refused. With a shard, this
     process keeps jobs i % N == K of the full plan (the same split in every process and on every re-run); then
-    --skip-existing drops the jobs whose output is already there.
+    --skip-existing drops the jobs whose output is complete (`is_complete`).
     """
     seeds = list(dict.fromkeys(opts.seeds)) or [draw_seed()]
     count = len(sources) * len(seeds)
@@ -110,8 +110,22 @@ def plan_jobs(sources: list[dict[str, Any]], opts: GenerationOptions, suffix: st
     if shard is not None:
         jobs = shard.take(jobs)
     if opts.skip_existing:
-        jobs = [job for job in jobs if not job.output.exists()]
+        jobs = [job for job in jobs if not is_complete(job.output)]
     return jobs
+
+
+def is_complete(output: Path) -> bool:
+    """Whether `output` was finished by a run: a file whose sidecar (written last) records its size and sha256.
+
+    A zero-byte, half-written or replaced file, or one without its sidecar, is not done.
+    """
+    from avtool.weights.manifest import digests
+
+    try:
+        recorded = json.loads(output.with_name(output.name + ".json").read_text())["output"]
+        return output.is_file() and output.stat().st_size == recorded["size"] and digests(output).sha256 == recorded["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)

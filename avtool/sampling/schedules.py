@@ -21,3 +21,12 @@ def linear_quadratic_sigmas(steps: int, threshold_noise: float = 0.025, linear_s
     removed = [i * slope for i in range(linear_steps)]
     removed += [threshold_noise + slope * u + curvature * u * u for u in range(quadratic_steps)]
     return torch.tensor([1.0 - x for x in removed] + [0.0], dtype=torch.float32)
+
+
+def vdiffusion_sigmas(steps: int) -> torch.Tensor:
+    """audio-diffusion-pytorch's `VSampler` schedule (v0.1.x `LinearSchedule`): `steps + 1` float32 sigmas,
+    `linspace(1, 0)`. A sigma is the angle fraction of the cosine schedule: alpha, beta = cos, sin(sigma * pi / 2).
+    """
+    if steps < 1:
+        raise ValueError(f"v-diffusion schedule needs at least one step, got {steps}")
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float32)
