@@ -1,5 +1,7 @@
 """The dance pipeline's pieces on tiny weights, in process: parity with diffusers' MochiPipeline, music and seeds."""
 
+import math
+import random
 import shutil
 
 import numpy as np
@@ -9,6 +11,7 @@ from diffusers import MochiPipeline
 from mediagen import clip, ffmpeg
 
 from avtool.media import load_audio, probe
+from avtool.media.resample import sinc_resample
 from avtool.models.mochi import MochiFlowModel
 from avtool.models.musicinfuser import Wav2VecEncoder
 from avtool.pipelines import dance as pipeline
@@ -114,3 +117,48 @@ def test_variant_only_folders_load(tiny_weights, tmp_path):
         for (key, expected), got in zip(original.state_dict().items(), loaded.state_dict().values(), strict=True):
             assert torch.equal(expected, got), key
     assert weights_variant(tiny_weights / "mochi-1-preview" / "vae") is None
+
+
+def test_excerpt_start_is_drawn_on_upstreams_44k_grid_whatever_the_rate(tmp_path):
+    """Upstream re-encodes to 44.1 kHz before `randint`: a 48 kHz and a 44.1 kHz file of one length get one start."""
+    request = pipeline.DanceRequest(num_frames=13)
+    starts = {}
+    for rate in (44100, 48000, 22050):
+        path = tmp_path / f"song{rate}.wav"
+        ffmpeg("-f", "lavfi", "-i", f"sine=frequency=300:sample_rate={rate}:duration=5", str(path))
+        starts[rate] = pipeline.excerpt_start(probe(path).require_audio(), request, seed=4)
+    random.seed(4)
+    upstream = random.randint(0, int(44100 * 5.0) - math.ceil(44100 * (13 / 30 + 0.09)))
+    assert starts == {44100: upstream, 48000: upstream, 22050: upstream}
+
+
+def test_wav2vec_input_is_upstreams_whole_song_resample_then_crop(tmp_path):
+    """inference.py: the whole 44.1 kHz song through torchaudio's Resample, channel 0, crop at int(start/44100*16000)."""
+    song = tmp_path / "song.wav"
+    ffmpeg("-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*(200+150*t)*t)|0.3*sin(2*PI*3000*t):s=44100:d=4", str(song))
+    info, request = probe(song).require_audio(), pipeline.DanceRequest(num_frames=13)
+    start = pipeline.excerpt_start(info, request, seed=9)
+    whole, _ = load_audio(song, mono=False)
+    first, count = int(start / 44100 * 16000), math.ceil(16000 * (13 / 30 + 0.09))
+    upstream = sinc_resample(whole[0], 44100, 16000)[first:first + count]
+    got = pipeline.wav2vec_input(song, info, request, start)
+    assert got.shape == (count,) and np.array_equal(got, upstream)
+    # near the end of the song the crop runs out and is zero-padded, as upstream pads it
+    end = pipeline.wav2vec_input(song, info, request, len(whole[0]) - 1000)
+    assert end.shape == (count,) and not end[1000 * 16000 // 44100 + 50:].any()
+
+
+def test_t5_runs_in_fp32_whatever_the_run_dtype(tiny_weights):
+    weights = pipeline.check_weights(tiny_weights)
+    fp32, _ = pipeline.encode_prompt(weights, "a dancer", "cpu", torch.float32)
+    bf16, mask = pipeline.encode_prompt(weights, "a dancer", "cpu", torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, fp32.to(torch.bfloat16))  # encoded in fp32, then cast
+    assert mask.dtype == torch.bool and not mask[0].any() and mask[1].any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_generator_device_draws_what_upstream_draws_on_cuda():
+    torch.manual_seed(21)
+    upstream = torch.randn(1, 12, 2, 4, 6, device="cuda")
+    assert torch.equal(pipeline.initial_noise(21, 7, 32, 48, device="cuda"), upstream)
+    assert not torch.equal(pipeline.initial_noise(21, 7, 32, 48).cuda(), upstream)
