@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from avtool import __version__
-from avtool.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, AvtoolError, NotAvailable
+from avtool.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, AvtoolError, Interrupted, NotAvailable, stop_on_signals
 from avtool.pipelines.common import GenerationOptions
 
 app = typer.Typer(
@@ -93,12 +93,15 @@ def command(name: str, generation: bool = False) -> Callable:
                     shard=kwargs.pop("shard"),
                     quiet=kwargs["quiet"],
                 )
+            stop_on_signals()
             try:
                 fn(**kwargs)
             except AvtoolError as e:
                 _fail(e.message, e.hint, e.exit_code, debug)
+            except Interrupted as e:
+                _fail(f"interrupted ({e})", None, e.exit_code, debug)
             except KeyboardInterrupt:
-                _fail("interrupted", None, EXIT_INTERRUPTED, debug)
+                _fail("interrupted (SIGINT)", None, EXIT_INTERRUPTED, debug)
             except Exception as e:  # anything else is our bug: say so in one line unless --debug
                 _fail(f"internal error: {type(e).__name__}: {e}", "run again with --debug for the traceback", EXIT_INTERNAL, debug)
 

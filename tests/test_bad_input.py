@@ -1,12 +1,14 @@
 """Bad input of every kind: exit 2, one line naming the file and the problem, no traceback, nothing written."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import run_avtool
 from mediagen import clip, tone
 
 from avtool.errors import BadInput
-from avtool.media import load_audio, read_frames, write_video
+from avtool.media import load_audio, probe, read_frames, write_video
 
 
 def bad_files(tmp_path):
@@ -61,3 +63,20 @@ def test_unwritable_output_folder(tmp_path):
     with pytest.raises(BadInput, match="cannot create output folder"):
         write_video([np.zeros((16, 16, 3), np.uint8)], 30, blocker / "out.mp4")
     assert blocker.read_text() == "a file where a folder should be"
+
+
+@pytest.mark.parametrize("name", ["file:other.wav", "concat:other.wav|other.wav", "pipe:1", "http:other.wav",
+                                  "subfile,,start,0,end,100,,:other.wav"])
+def test_file_names_that_look_like_ffmpeg_protocols_name_files(tmp_path, name):
+    """ffmpeg would read `concat:a|b` as two files, `pipe:1` as stdout...: every path reaches it as file:/abs/path."""
+    tone(tmp_path / "other.wav", seconds=3.0, freq=300)
+    path = tone(tmp_path / "tone.wav", seconds=1.0, freq=1000)
+    path = path.rename(tmp_path / name)
+    result = run_avtool("probe", name, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert abs(json.loads(result.stdout)["audio"]["duration"] - 1.0) < 0.05
+    samples, rate = load_audio(path)
+    assert len(samples) == rate  # one second of the 1 kHz tone, not three of the other file
+    assert np.abs(np.fft.rfft(samples)).argmax() == 1000
+    write_video(np.zeros((3, 16, 16, 3), np.uint8), 10, tmp_path / f"out_{name}.mp4", audio=samples, sample_rate=rate)
+    assert probe(tmp_path / f"out_{name}.mp4").video.num_frames == 3

@@ -184,3 +184,22 @@ def test_torchrun_ranks_share_the_jobs_and_write_what_one_process_writes(tiny_we
     assert shards == {"song_generated_seed1.mp4.json": [1, 2], "song_generated_seed2.mp4.json": [2, 2],
                       "song_generated_seed3.mp4.json": [1, 2]}
     assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.parametrize(("phase", "name", "target"), [
+    ("sampling", "SIGTERM", "process"), ("decode", "SIGHUP", "process"), ("write", "SIGINT", "process"),
+    ("write", "SIGTERM", "group"), ("decode", "SIGINT", "group"), ("sampling", "SIGHUP", "group"),
+])
+def test_stop_signals_leave_nothing_behind(tiny_weights, song, tmp_path, phase, name, target):
+    import psutil
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests' / 'signalhook'}{os.pathsep}{REPO}", "HF_HUB_OFFLINE": "1",
+           "AVTOOL_TEST_SIGNAL": f"{phase}:{name}:{target}"}
+    run = subprocess.run([sys.executable, "-m", "avtool", *map(str, dance_args(tiny_weights, song)), "--num-frames", "7",
+                          "--seed", "1", "--output-dir", out], env=env, capture_output=True, text=True, timeout=300,
+                         start_new_session=True)  # its own process group, so a group signal stays there
+    assert run.returncode == 128 + getattr(signal, name), run.stderr
+    assert f"error: interrupted ({name})" in run.stderr and "Traceback" not in run.stderr
+    assert list(out.iterdir()) == []  # no video, no sidecar, no temporary file
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]

@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from avtool.errors import BadInput
-from avtool.media.ffmpeg import run_ffmpeg
+from avtool.media.ffmpeg import file_url, run_ffmpeg
 from avtool.media.files import check_input_file
 from avtool.media.probe import parse_audio_stream
 
@@ -38,7 +38,7 @@ def load_audio(
     if duration is not None:
         window += ["-t", f"{duration:.6f}"]
     proc = run_ffmpeg(
-        [*window, "-i", str(path), "-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"],
+        [*window, "-i", file_url(path), "-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"],
         source=path,
     )
     native_sr, channels = _output_format(proc.stderr.decode(errors="replace"))

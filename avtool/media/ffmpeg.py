@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from avtool.errors import BadInput
 
@@ -27,6 +32,37 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def file_url(path: str | os.PathLike) -> str:
+    """`path` as ffmpeg must see it: `file:` + absolute path, so that a name like `concat:a|b`, `pipe:1`,
+    `http:x` or `subfile,,...` is read as the file it names, never as another protocol."""
+    return "file:" + os.path.abspath(path)
+
+
+@contextlib.contextmanager
+def ffmpeg_process(cmd: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
+    """`subprocess.Popen(cmd)`, killed and reaped when the block exits in any way.
+
+    Stop signals are held back while the child starts, so an interrupt can never come between the fork and the
+    block that owns the child: no ffmpeg outlives its caller, or writes an output after the caller removed it.
+    """
+    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        proc = subprocess.Popen(cmd, **popen)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
 def run_ffmpeg(args: list[str], *, input: bytes | None = None, source: Path | None = None) -> subprocess.CompletedProcess:
     """Run ffmpeg with `args` (an argument list, never a shell string) and return the finished process.
 
@@ -36,18 +72,13 @@ def run_ffmpeg(args: list[str], *, input: bytes | None = None, source: Path | No
     """
     cmd = [ffmpeg_exe(), "-hide_banner", *args]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-        try:
+        with ffmpeg_process(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=log) as proc:
             if input is None:
                 stdout = proc.stdout.read()
                 proc.wait()
             else:
                 stdout, _ = proc.communicate(input)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
         log.seek(0)
         stderr = log.read()
     if proc.returncode != 0:

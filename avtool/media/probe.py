@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avtool.errors import BadInput
-from avtool.media.ffmpeg import ffmpeg_exe, ffmpeg_failure, run_ffmpeg
+from avtool.media.ffmpeg import ffmpeg_exe, ffmpeg_failure, file_url, run_ffmpeg
 from avtool.media.files import check_input_file
 
 _CHANNEL_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6, "6.1": 7, "7.1": 8}
@@ -60,7 +60,7 @@ class MediaInfo:
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Describe the container, first audio stream and first (non-cover-art) video stream of `path`."""
     path = check_input_file(path)
-    banner = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True)
+    banner = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", file_url(path)], capture_output=True)
     text = banner.stderr.decode(errors="replace")
     if "Input #0" not in text:
         raise ffmpeg_failure(text, path)
@@ -121,7 +121,7 @@ def _parse_video_stream(line: str) -> tuple[int, int, float]:
 def _copy_pass(path: Path, stream: str) -> dict[str, str]:
     """Progress counters of copying the first `stream` ('a' or 'v') into the null muxer."""
     proc = run_ffmpeg(
-        ["-v", "error", "-i", str(path), "-map", f"0:{stream}:0", "-c", "copy", "-f", "null", "-progress", "pipe:1", "-nostats", "-"],
+        ["-v", "error", "-i", file_url(path), "-map", f"0:{stream}:0", "-c", "copy", "-f", "null", "-progress", "pipe:1", "-nostats", "-"],
         source=path,
     )
     counters: dict[str, str] = {}

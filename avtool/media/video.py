@@ -10,6 +10,7 @@ zero-padded to exactly the video's length before it is muxed in as AAC.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from avtool.errors import BadInput
-from avtool.media.ffmpeg import ffmpeg_exe, ffmpeg_failure, run_ffmpeg
+from avtool.media.ffmpeg import ffmpeg_exe, ffmpeg_failure, ffmpeg_process, file_url, run_ffmpeg
 from avtool.media.files import atomic_output, check_input_file, temporary_sibling
 from avtool.media.probe import probe
 
@@ -46,11 +47,10 @@ def iter_frames(
     scale = ["-vf", f"scale={width}:{height}:flags=area"] if size else []
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-noautorotate",
            # seek half a frame before the first frame wanted: accurate seeking then starts exactly on it
-           "-ss", f"{max(first - 0.5, 0) / video.fps:.6f}", "-i", str(path), "-map", "0:v:0", *scale,
+           "-ss", f"{max(first - 0.5, 0) / video.fps:.6f}", "-i", file_url(path), "-map", "0:v:0", *scale,
            "-frames:v", str(last - first + 1), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     frame_bytes = width * height * 3
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
+    with ffmpeg_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
         batch: list[np.ndarray] = []
         wanted = iter(indices.tolist())
         target = next(wanted)
@@ -66,10 +66,6 @@ def iter_frames(
                 batch = []
         if batch:
             yield np.stack(batch)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
 
 
 def read_frames(
@@ -138,8 +134,8 @@ def mux(video: str | os.PathLike, audio: str | os.PathLike, out: str | os.PathLi
     probe(audio).require_audio()
     with atomic_output(out) as tmp:
         run_ffmpeg(
-            ["-y", "-v", "error", "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
-             "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", str(tmp)],
+            ["-y", "-v", "error", "-i", file_url(video), "-i", file_url(audio), "-map", "0:v:0", "-map", "1:a:0",
+             "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", file_url(tmp)],
         )
     return out
 
@@ -154,47 +150,41 @@ def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
 
 def _encode_frames(frames: Iterable[np.ndarray], fps: float, out: Path) -> int:
     """Pipe frames into an ffmpeg libx264 encoder writing `out`; return the frame count."""
-    proc: subprocess.Popen | None = None
+    batches = (np.asarray(item, dtype=np.uint8) for item in frames)
+    batches = (batch[None] if batch.ndim == 3 else batch for batch in batches)
+    first = next(batches, None)
+    if first is None:
+        raise BadInput(f"{out.name}: no frames to write")
+    height, width = first.shape[1:3]
     count = 0
-    try:
-        for item in frames:
-            batch = np.asarray(item, dtype=np.uint8)
-            batch = batch[None] if batch.ndim == 3 else batch
-            if proc is None:
-                height, width = batch.shape[1:3]
-                proc = _start_encoder(width, height, fps, out)
-            proc.stdin.write(np.ascontiguousarray(batch).tobytes())
-            count += len(batch)
-        if proc is None:
-            raise BadInput(f"{out.name}: no frames to write")
-        proc.stdin.close()
+    with ffmpeg_process(_encoder_command(width, height, fps, out), stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            for batch in itertools.chain([first], batches):
+                proc.stdin.write(np.ascontiguousarray(batch).tobytes())
+                count += len(batch)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg stopped reading: its log says why
         stderr = proc.stderr.read().decode(errors="replace")
         if proc.wait() != 0:
             raise ffmpeg_failure(stderr, None)
-    except BrokenPipeError:
-        raise ffmpeg_failure(proc.stderr.read().decode(errors="replace"), None) from None
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
     return count
 
 
-def _start_encoder(width: int, height: int, fps: float, out: Path) -> subprocess.Popen:
-    cmd = [
+def _encoder_command(width: int, height: int, fps: float, out: Path) -> list[str]:
+    return [
         ffmpeg_exe(), "-hide_banner", "-y", "-v", "error",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "pipe:0",
         # yuv420p needs even sizes: pad odd ones by a pixel rather than refuse them.
         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart", "-f", "mp4", str(out),
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart", "-f", "mp4", file_url(out),
     ]
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _mux_raw_audio(video: Path, samples: np.ndarray, sample_rate: int, out: Path) -> None:
     channels = samples.shape[0]
     run_ffmpeg(
-        ["-y", "-v", "error", "-i", str(video), "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
-         "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", str(out)],
+        ["-y", "-v", "error", "-i", file_url(video), "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
+         "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", file_url(out)],
         input=np.ascontiguousarray(samples.T, dtype=np.float32).tobytes(),
     )
