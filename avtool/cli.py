@@ -50,15 +50,16 @@ _OUTPUT_OPTIONS = [
 ]
 
 _GENERATION_OPTIONS = [
-    _option(Optional[Path], None, "--output", "-o", help="Output file (only for a single job).", dir_okay=False),
+    _option(Optional[str], None, "--output", "-o", help="Output file (only for a single job); a name ending in / is a folder, as --output-dir.", show_default=False),
     _option(Path, Path("outputs"), "--output-dir", help="Folder for outputs.", file_okay=False),
     _option(Optional[list[int]], None, "--seed", help="Random seed; repeat for several. None: one is drawn and recorded."),
-    _option(Optional[int], None, "--steps", help="Sampling steps (default: the model's).", min=1),
+    _option(Optional[int], None, "--steps", help="Sampling steps (default and smallest: the model's; at most 1000).", show_default=False),
     _option(Path, Path("weights"), "--weights-dir", help="Weights folder.", envvar="AVTOOL_WEIGHTS"),
     _option(str, "auto", "--device", help="auto, cpu, cuda or cuda:N."),
     _option(str, "auto", "--dtype", help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
     _option(str, "cpu", "--generator", help="Where the initial noise is drawn: cpu (a seed gives the same output on any device) or device (as upstream draws it on CUDA)."),
-    _option(bool, False, "--skip-existing", help="Skip jobs whose output file already exists (for cron re-runs)."),
+    _option(bool, False, "--skip-existing", help="Skip jobs whose output is complete (output and sidecar); redo the rest (for cron re-runs)."),
+    _option(bool, False, "--overwrite", help="Replace outputs that exist (never an input)."),
     _option(bool, False, "--keep-going", help="After a failed job, report it and run the next; exit with the first failure's code."),
     _option(Optional[str], None, "--shard", help="K/N: run only this process's share of the jobs (K from 1). Default: from torchrun/Slurm's RANK and WORLD_SIZE.", show_default=False),
 ]
@@ -79,9 +80,10 @@ def command(name: str, generation: bool = False) -> Callable:
         def run(**kwargs) -> None:
             debug = kwargs.pop("debug")
             if generation:
+                output, output_dir = _output_option(kwargs.pop("output"), kwargs.pop("output_dir"))
                 kwargs["common"] = GenerationOptions(
-                    output=kwargs.pop("output"),
-                    output_dir=kwargs.pop("output_dir"),
+                    output=output,
+                    output_dir=output_dir,
                     seeds=kwargs.pop("seed") or [],
                     steps=kwargs.pop("steps"),
                     weights_dir=kwargs.pop("weights_dir"),
@@ -89,6 +91,7 @@ def command(name: str, generation: bool = False) -> Callable:
                     dtype=kwargs.pop("dtype"),
                     generator=kwargs.pop("generator"),
                     skip_existing=kwargs.pop("skip_existing"),
+                    overwrite=kwargs.pop("overwrite"),
                     keep_going=kwargs.pop("keep_going"),
                     shard=kwargs.pop("shard"),
                     quiet=kwargs["quiet"],
@@ -111,6 +114,15 @@ def command(name: str, generation: bool = False) -> Callable:
         return fn
 
     return register
+
+
+def _output_option(output: Optional[str], output_dir: Path) -> tuple[Optional[Path], Path]:
+    """-o FILE, or -o FOLDER/ (a trailing slash, or an existing folder) meaning --output-dir FOLDER."""
+    if output is None:
+        return None, output_dir
+    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+        return None, Path(output)
+    return Path(output), output_dir
 
 
 def _fail(message: str, hint: Optional[str], code: int, debug: bool) -> None:
@@ -227,12 +239,12 @@ def preprocess(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
 def dance(
     inputs: Inputs = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text prompt (default: MusicInfuser's K-pop dancer prompt).", show_default=False)] = None,
-    num_frames: Annotated[int, typer.Option("--num-frames", help="Frames to generate; must be 6k+1 (7, 13, ..., 145).")] = 145,
-    cfg_scale: Annotated[float, typer.Option("--cfg-scale", help="Text classifier-free guidance scale.")] = 6.0,
-    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video.")] = 30.0,
-    height: Annotated[Optional[int], typer.Option("--height", help="Height in pixels, a multiple of 16 (default: from the weights' config).", show_default=False)] = None,
-    width: Annotated[Optional[int], typer.Option("--width", help="Width in pixels, a multiple of 16 (default: from the weights' config).", show_default=False)] = None,
-    start: Annotated[Optional[float], typer.Option("--start", help="Excerpt start in seconds (default: drawn from the seed).", show_default=False)] = None,
+    num_frames: Annotated[int, typer.Option("--num-frames", help="Frames to generate: 6k+1 from 7 to 997 (7, 13, ..., 145).")] = 145,
+    cfg_scale: Annotated[float, typer.Option("--cfg-scale", help="Text classifier-free guidance scale, 0 to 100.")] = 6.0,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video, 1 to 240.")] = 30.0,
+    height: Annotated[Optional[int], typer.Option("--height", help="Height in pixels, a multiple of 16 from 16 to 4096 (default: from the weights' config).", show_default=False)] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Width in pixels, a multiple of 16 from 16 to 4096 (default: from the weights' config).", show_default=False)] = None,
+    start: Annotated[Optional[float], typer.Option("--start", help="Excerpt start in seconds into the file, within its audio (default: drawn from the seed).", show_default=False)] = None,
     runner: Annotated[str, typer.Option("--runner", help="Denoiser step runner: auto (cuda-graph on CUDA, eager on CPU), eager, compile or cuda-graph.")] = "auto",
     tiling: Annotated[bool, typer.Option("--tiling", help="Decode with spatial VAE tiles (bounded memory).")] = False,
     *,
@@ -283,7 +295,7 @@ def eval_(
     metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric to compute; repeat for several. `all`: every metric the inputs allow. Default: av-align.")] = None,
     reference_audio: Annotated[Optional[list[Path]], typer.Option("--reference-audio", help="Ground-truth music for beat-coverage/beat-hit(-d2m): one, or one per input file.")] = None,
     joints: Annotated[Optional[Path], typer.Option("--joints", help="(T, J, 3) joint positions .npy of the single input file's dance, for bas.")] = None,
-    motion_fps: Annotated[float, typer.Option("--motion-fps", help="Frame rate of --joints.")] = 60.0,
+    motion_fps: Annotated[float, typer.Option("--motion-fps", help="Frame rate of --joints, above 0 and at most 1000.")] = 60.0,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="PNG of onset envelope, motion curve, peaks and matched pairs; with many files OUT_<stem>.png each.", dir_okay=False)] = None,
     *,
     json: bool,
@@ -353,7 +365,24 @@ def _print_eval_table(result: dict) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Usage errors (unknown option or command, a value of the wrong type) print the
+    same one-line `error:` + `hint:` as every other error, exit 2."""
+    try:  # typer 0.29 carries its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app(prog_name="avtool")
-    sys.exit(0)
+    try:
+        code = app(prog_name="avtool", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as error:
+        print(error.ctx.get_help() if error.ctx else "", file=sys.stderr)
+        code = 2
+    except click_errors.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "avtool"
+        _print_error(" ".join(error.format_message().split()), f"run: {command} --help")
+        code = 2
+    except (click_errors.ClickException, typer.Abort) as error:
+        _print_error(str(error) or "interrupted (SIGINT)", None)
+        code = getattr(error, "exit_code", EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -40,6 +40,16 @@ def check_dtype(spec: str) -> None:
         raise BadInput(f"--dtype {spec}: expected one of {', '.join(DTYPES)}")
 
 
+def runs_on_cpu(spec: str) -> bool:
+    """Whether --device SPEC can only mean the CPU here (known without importing torch)."""
+    return spec == "cpu" or (spec == "auto" and not _nvidia_driver_present())
+
+
+def dtype_bytes(spec: str, device: str) -> int:
+    """Bytes per element of --dtype SPEC on `device` ("cpu" or "cuda..."), without importing torch."""
+    return {"fp32": 4, "bf16": 2, "fp16": 2}.get(spec, 2 if device.startswith("cuda") else 4)
+
+
 def _nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()
 
@@ -50,7 +60,7 @@ def resolve_device(spec: str, shard: Shard | None = None) -> str:
     Under a launcher (torchrun, Slurm), 'auto' and 'cuda' mean this process's GPU, `cuda:LOCAL_RANK`.
     """
     check_device(spec)
-    if spec == "cpu":
+    if runs_on_cpu(spec):
         return "cpu"
     import torch
 
@@ -115,6 +125,25 @@ def resolve_shard(option: str | None, environ: dict[str, str] | None = None) -> 
     if not 0 <= rank < world:
         raise BadInput(f"launcher environment: rank {rank} is outside 0..{world - 1}")
     return Shard(rank, world, local_rank, launcher=True) if world > 1 else None
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes a run may still use on `device`: free GPU memory, or the host's available memory (and cgroup limit)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    candidates = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        candidates.append(int(re.search(r"MemAvailable:\s+(\d+) kB", meminfo).group(1)) * 1024)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            candidates.append(int(limit) - used)
+    except (OSError, AttributeError, ValueError):
+        pass
+    return min(candidates) if candidates else None
 
 
 class Stopwatch:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from conftest import run_avtool
-from mediagen import clip, tone
+from mediagen import clip, ffmpeg, tone
 
 from avtool.errors import BadInput
 from avtool.media import load_audio, probe, read_frames, write_video
@@ -60,7 +60,7 @@ def test_unreadable_inputs_through_the_library(tmp_path):
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
-    with pytest.raises(BadInput, match="cannot create output folder"):
+    with pytest.raises(BadInput, match="blocker: cannot write files there"):
         write_video([np.zeros((16, 16, 3), np.uint8)], 30, blocker / "out.mp4")
     assert blocker.read_text() == "a file where a folder should be"
 
@@ -80,3 +80,34 @@ def test_file_names_that_look_like_ffmpeg_protocols_name_files(tmp_path, name):
     assert np.abs(np.fft.rfft(samples)).argmax() == 1000
     write_video(np.zeros((3, 16, 16, 3), np.uint8), 10, tmp_path / f"out_{name}.mp4", audio=samples, sample_rate=rate)
     assert probe(tmp_path / f"out_{name}.mp4").video.num_frames == 3
+
+
+def test_probe_reports_where_late_audio_really_starts_and_how_long_it_is(tmp_path):
+    late = tmp_path / "late.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=30:duration=10", "-itsoffset", "5", "-f", "lavfi", "-i",
+           "sine=frequency=440:sample_rate=44100:duration=5", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(late))
+    audio = probe(late).require_audio()
+    assert audio.start == pytest.approx(5.0, abs=0.05) and audio.duration == pytest.approx(5.0, abs=0.05)
+    samples, rate = load_audio(late, start=audio.start + 1.0, duration=2.0)
+    assert len(samples) == 2 * rate and np.abs(samples).max() > 0.1  # the window in the file's timeline is sound
+
+
+def test_tiny_videos_images_and_files_without_streams(tmp_path):
+    tiny = tmp_path / "tiny.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=8x6:rate=30:duration=1", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tiny))
+    video = probe(tiny).require_video()
+    assert (video.width, video.height, video.num_frames) == (8, 6, 30)
+    image = tmp_path / "still.png"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48", "-frames:v", "1", str(image))
+    subtitles = tmp_path / "words.srt"
+    subtitles.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    for path, problem in ((image, "is an image, not an audio or video file"), (subtitles, "has no audio or video stream")):
+        assert_one_line_error(run_avtool("probe", path), path, problem)
+
+
+def test_a_written_file_without_its_streams_never_gets_its_name(tmp_path):
+    """--fps 1e9 made ffmpeg write an mp4 with no streams; every written file is probed before it is renamed."""
+    with pytest.raises(RuntimeError, match="without the expected streams|unreadable"):
+        write_video(np.zeros((5, 16, 16, 3), np.uint8), 1e9, tmp_path / "fast.mp4", audio=np.zeros(1000, np.float32),
+                    sample_rate=16000)
+    assert list(tmp_path.iterdir()) == []

@@ -128,23 +128,58 @@ except SystemExit as exit:
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["missing.mp3"], 2, "missing.mp3: no such file"),
     (["{song}", "--num-frames", "14"], 2, "nearest valid: 13 or 19"),
-    (["{song}", "--weights-dir", "{tmp}/nowhere"], 3, "download-weights mochi-1-preview musicinfuser --dir"),
-    (["{song}", "--weights-dir", "{song}"], 3, "is a file, not a folder"),
+    (["{song}", "--num-frames", "1"], 2, "6k+1 from 7 to 997"),
+    (["{song}", "--weights-dir", "{tmp}/nowhere"], 3, "nowhere: no such weights folder"),
+    (["{song}", "--weights-dir", "{tmp}/empty"], 3, "missing weights: "),
+    (["{song}", "--weights-dir", "{song}"], 2, "is a file, not a folder"),
     (["{song}", "--device", "cuda:0"], 2, "--device cuda:0"),
     (["{song}", "--device", "gpu"], 2, "expected auto, cpu, cuda"),
     (["{song}", "--seed", "18446744073709551616"], 2, "--seed 18446744073709551616"),
     (["{song}", "--shard", "3/2"], 2, "--shard 3/2"),
     (["{song}", "--generator", "gpu"], 2, "--generator gpu"),
     (["{song}", "--runner", "turbo"], 2, "--runner turbo"),
+    (["{song}", "--fps", "inf"], 2, "--fps inf: must be from 1 to 240"),
+    (["{song}", "--fps", "1e-9"], 2, "--fps 1e-09"),
+    (["{song}", "--start", "nan"], 2, "--start nan"),
+    (["{song}", "--steps", "1000000000"], 2, "must be from 2 to 1000"),
+    (["{song}", "--height", "160000"], 2, "from 16 to 4096"),
+    (["{song}", "--num-frames", "abc"], 2, "Invalid value for '--num-frames'"),
+    (["{song}", "--no-such-option"], 2, "No such option: --no-such-option"),
+    (["{song}", "--weights-dir", "{weights}", "-o", "{song}"], 2, "this command writes .mp4 files"),
+    (["{clip}", "--weights-dir", "{weights}", "-o", "{clip}"], 2, "is the input"),
+    (["{clip}", "--weights-dir", "{weights}", "-o", "{link}"], 2, "is the input"),
+    (["{song}", "--weights-dir", "{weights}", "-o", "{taken}"], 2, "taken.mp4: exists"),
+    (["{song}", "--weights-dir", "{weights}", "-o", "{taken}", "--overwrite", "--num-frames", "997", "--height", "4096",
+      "--width", "4096"], 2, "this run needs about"),
+    (["{song}", "--weights-dir", "{weights}", "-o", "{tmp}/sidecar.mp4"], 2, "sidecar.mp4.json: is a folder"),
 ])
-def test_dance_rejects_bad_input_options_and_weights_without_importing_torch(tmp_path, args, code, message):
-    from mediagen import tone
+def test_dance_rejects_bad_input_options_and_weights_without_importing_torch(tiny_weights, tmp_path, args, code, message):
+    from mediagen import clip, tone
 
     if "--device" in args and args[-1].startswith("cuda") and (Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()):
         pytest.skip("this machine has an NVIDIA driver")
-    song = tone(tmp_path / "song.wav", seconds=1)
-    argv = [a.format(song=song, tmp=tmp_path) for a in args]
+    song, video = tone(tmp_path / "song.wav", seconds=1), clip(tmp_path / "clip.mp4", seconds=1)
+    (tmp_path / "link.mp4").symlink_to(video)
+    (tmp_path / "taken.mp4").write_bytes(b"someone else's video")
+    (tmp_path / "sidecar.mp4.json").mkdir()
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(song=song, clip=video, link=tmp_path / "link.mp4", taken=tmp_path / "taken.mp4", tmp=tmp_path,
+                     weights=tiny_weights) for a in args]
     out = subprocess.run([sys.executable, "-c", REJECT_CHILD, "dance", *argv], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=60)
     assert out.stdout.strip() == f"exit={code} heavy=", out.stderr
-    assert message in out.stderr and len([line for line in out.stderr.splitlines() if line.startswith("error:")]) == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "╭" not in out.stderr, out.stderr
+    if code == 3:  # every missing model in one hint, with the user's own folder
+        assert f"hint: run: avtool download-weights mochi-1-preview musicinfuser --dir {tmp_path}/" in out.stderr
+    assert (tmp_path / "taken.mp4").read_bytes() == b"someone else's video" and video.stat().st_size > 1000
+
+
+def test_output_ending_in_a_slash_is_a_folder(tiny_weights, tmp_path):
+    from mediagen import tone
+
+    song = tone(tmp_path / "song.wav", seconds=1)
+    run = run_avtool("dance", song, "--weights-dir", tiny_weights, "--num-frames", "7", "--steps", "2", "--seed", "1", "-q",
+                     "-o", f"{tmp_path / 'videos'}/")
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["song_generated.mp4", "song_generated.mp4.json"]

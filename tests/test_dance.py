@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_renamed_adapter_key_exits_3(avtool, tiny_weights, song, tmp_path):
 def test_ctrl_c_during_sampling_exits_130_and_leaves_no_file(tiny_weights, song, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "COLUMNS": "1000"}  # one message per line
-    proc = subprocess.Popen([sys.executable, "-m", "avtool", *map(str, dance_args(tiny_weights, song)), "--steps", "100000",
+    proc = subprocess.Popen([sys.executable, "-m", "avtool", *map(str, dance_args(tiny_weights, song)), "--steps", "1000",
                              "--num-frames", "7", "--seed", "1", "--output-dir", out],
                             env=env, stderr=subprocess.PIPE, text=True)
     sampling, lines = threading.Event(), []
@@ -148,21 +149,24 @@ def test_ctrl_c_during_sampling_exits_130_and_leaves_no_file(tiny_weights, song,
 
 def test_json_results_stream_and_keep_going_runs_past_a_failed_job(avtool, tiny_weights, song, tmp_path):
     out = tmp_path / "out"
-    (out / "song_generated_seed2.mp4").mkdir(parents=True)  # job 2 cannot write its video
-    args = dance_args(tiny_weights, song, "--num-frames", "7", "--seed", "1", "--seed", "2", "--seed", "3", "--output-dir", out, "--json")
+    silent = tmp_path / "silent.wav"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=44100:cl=mono", "-t", "3", str(silent))
+    other = shutil.copy(song, tmp_path / "other.wav")
+    args = dance_args(tiny_weights, song, silent, other, "--num-frames", "7", "--seed", "1", "--output-dir", out, "--json")
     stop = avtool(*args)
-    assert stop.returncode != 0
+    assert stop.returncode == 2, stop.stderr
     [first] = [json.loads(line) for line in stop.stdout.splitlines()]  # job 1's result was printed before job 2 failed
-    assert first["seed"] == 1 and (out / "song_generated_seed1.mp4").is_file()
-    assert not (out / "song_generated_seed3.mp4").exists()
+    assert first["output"] == str(out / "song_generated.mp4") and (out / "song_generated.mp4").is_file()
+    assert "silent.wav: the excerpt" in stop.stderr and "is silent" in stop.stderr
+    assert not (out / "other_generated.mp4").exists()
 
     go_on = avtool(*args, "--keep-going", "--skip-existing")
     results = [json.loads(line) for line in go_on.stdout.splitlines()]
-    assert [(r["seed"], "error" in r) for r in results] == [(2, True), (3, False)]
-    assert go_on.returncode == results[0]["exit_code"] == stop.returncode
+    assert [(Path(r["output"]).name, "error" in r) for r in results] == [("silent_generated.mp4", True), ("other_generated.mp4", False)]
+    assert go_on.returncode == results[0]["exit_code"] == 2
     errors = [line for line in go_on.stderr.splitlines() if line.startswith("error:")]  # the failed job's, then the summary
-    assert len(errors) == 2 and "song_generated_seed2.mp4" in errors[0] and "1 of 2 jobs failed" in errors[1]
-    assert (out / "song_generated_seed3.mp4").is_file()
+    assert len(errors) == 2 and "silent_generated.mp4" in errors[0] and "1 of 2 jobs failed" in errors[1]
+    assert (out / "other_generated.mp4").is_file() and not (out / "silent_generated.mp4").exists()
 
 
 def test_torchrun_ranks_share_the_jobs_and_write_what_one_process_writes(tiny_weights, song, tmp_path):
@@ -203,3 +207,52 @@ def test_stop_signals_leave_nothing_behind(tiny_weights, song, tmp_path, phase, 
     assert f"error: interrupted ({name})" in run.stderr and "Traceback" not in run.stderr
     assert list(out.iterdir()) == []  # no video, no sidecar, no temporary file
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("truncate:mochi-1-preview/text_encoder", "text_encoder: unreadable (SafetensorError"),
+    ("truncate:wav2vec2-base-960h", "wav2vec2-base-960h: unreadable (SafetensorError"),
+    ("pickle:wav2vec2-base-960h", "refused: this checkpoint needs arbitrary pickled code"),
+])
+def test_damaged_weights_exit_3_in_one_line(avtool, tiny_weights, song, tmp_path, damage, message):
+    kind, folder = damage.split(":")
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    victim = next((weights / folder).glob("*.safetensors"))
+    if kind == "truncate":
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    else:  # a pickle whose loading would run a shell command
+        victim.unlink()
+        marker = tmp_path / "payload-ran"
+        (weights / folder / "pytorch_model.bin").write_bytes(
+            b"\x80\x04\x95" + len(f"cposix\nsystem\n(Vtouch {marker}\ntR.".encode()).to_bytes(8, "little")
+            + f"cposix\nsystem\n(Vtouch {marker}\ntR.".encode())
+    run = avtool(*dance_args(weights, song, "--num-frames", "7", "--output-dir", tmp_path / "out"))
+    assert run.returncode == 3, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in run.stderr
+    assert "hint:" in run.stderr and not (tmp_path / "payload-ran").exists()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_weights_without_a_tokenizer_file_are_refused_before_loading(avtool, tiny_weights, song, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    (weights / "mochi-1-preview" / "tokenizer" / "tokenizer.json").unlink()
+    run = avtool(*dance_args(weights, song, "--num-frames", "7", "--output-dir", tmp_path / "out"))
+    assert run.returncode == 3 and "tokenizer/tokenizer.json" in run.stderr and "download-weights mochi-1-preview" in run.stderr
+
+
+def test_audio_that_starts_late_gives_a_dance_to_sound(avtool, tiny_weights, tmp_path):
+    late = tmp_path / "late.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=30:duration=10", "-itsoffset", "5", "-f", "lavfi", "-i",
+           "sine=frequency=440:sample_rate=44100:duration=5", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(late))
+    for seed in ("1", "2"):
+        run = avtool(*dance_args(tiny_weights, late, "--num-frames", "7", "--seed", seed, "--output-dir", tmp_path / seed, "--json"))
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert 4.9 < result["start"] < 10.0
+        muxed, _ = load_audio(result["output"])
+        assert np.abs(muxed).max() > 0.05
+    run = avtool(*dance_args(tiny_weights, late, "--num-frames", "7", "--start", "1", "--output-dir", tmp_path / "early"))
+    assert run.returncode == 2 and "the audio of" in run.stderr and "runs from 4.9" in run.stderr

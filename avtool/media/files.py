@@ -26,14 +26,14 @@ def check_input_file(path: str | os.PathLike) -> Path:
 
 
 def ensure_output_dir(folder: str | os.PathLike) -> Path:
-    """Create `folder` if needed and check that files can be created in it."""
+    """Create `folder` if needed and check, by creating a file, that files can be written in it (exit 2 otherwise)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as e:
-        raise BadInput(f"{folder}: cannot create output folder ({e.strerror or e})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInput(f"{folder}: output folder is not writable", hint="choose another --output-dir")
+        raise BadInput(f"{folder}: cannot write files there ({e.strerror or e})", hint="check the folder's permissions or write elsewhere") from None
     return folder
 
 

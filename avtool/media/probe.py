@@ -24,7 +24,8 @@ _CHANNEL_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0"
 class AudioStreamInfo:
     sample_rate: int
     channels: int
-    duration: float
+    duration: float  # of the audio itself, from its first sample to its last
+    start: float = 0.0  # where the audio begins in the file's timeline (> 0 when it starts after the video)
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,20 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     text = banner.stderr.decode(errors="replace")
     if "Input #0" not in text:
         raise ffmpeg_failure(text, path)
+    if re.search(r"Input #0, (image2|\w+_pipe|gif|webp)\b", text):
+        raise BadInput(f"{path}: is an image, not an audio or video file")
     duration = _parse_duration(text)
     audio_line = _first_stream_line(text, "Audio")
     video_line = _first_stream_line(text, "Video")
+    if audio_line is None and video_line is None:
+        raise BadInput(f"{path}: has no audio or video stream")
     audio = video = None
     if audio_line is not None:
         sample_rate, channels = parse_audio_stream(audio_line)
-        end_us = _copy_pass(path, "a")["out_time_us"]
-        audio = AudioStreamInfo(sample_rate, channels, max(int(end_us), 0) / 1e6)
+        # the copy pass ends at the audio's last sample, counted from the file's start
+        end = max(int(_copy_pass(path, "a")["out_time_us"]), 0) / 1e6
+        start = min(max(_stream_start(audio_line) - _container_start(text), 0.0), end)
+        audio = AudioStreamInfo(sample_rate, channels, end - start, start)
     if video_line is not None:
         width, height, fps = _parse_video_stream(video_line)
         frames = int(_copy_pass(path, "v")["frame"])
@@ -109,8 +116,19 @@ def _parse_duration(text: str) -> float | None:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
+def _stream_start(line: str) -> float:
+    """A stream's own start time, which ffmpeg prints on its line (`start 4.976780`) when it is not the file's."""
+    match = re.search(r"\bstart (-?\d+(?:\.\d+)?)", line)
+    return float(match.group(1)) if match else 0.0
+
+
+def _container_start(text: str) -> float:
+    match = re.search(r"Duration: .*?, start: (-?\d+(?:\.\d+)?)", text)
+    return float(match.group(1)) if match else 0.0
+
+
 def _parse_video_stream(line: str) -> tuple[int, int, float]:
-    size = re.search(r", (\d{2,5})x(\d{2,5})", line)
+    size = re.search(r", (\d{1,5})x(\d{1,5})(?=[ ,\[]|$)", line)
     rate = re.search(r", (\d+(?:\.\d+)?)(k?) fps", line) or re.search(r", (\d+(?:\.\d+)?)(k?) tbr", line)
     if size is None or rate is None:
         raise RuntimeError(f"cannot parse ffmpeg video stream line: {line!r}")

@@ -115,7 +115,7 @@ def write_video(
         raise ValueError("write_video: audio needs a sample_rate")
     with atomic_output(path) as tmp:
         if audio is None:
-            _encode_frames(frames, fps, tmp)
+            num_frames = _encode_frames(frames, fps, tmp)
         else:
             video_only = temporary_sibling(path, ".video.mp4")
             try:
@@ -124,6 +124,7 @@ def write_video(
                 _mux_raw_audio(video_only, fitted, sample_rate, tmp)
             finally:
                 video_only.unlink(missing_ok=True)
+        check_written(tmp, path, num_frames=num_frames, audio=audio is not None)
     return path
 
 
@@ -137,7 +138,23 @@ def mux(video: str | os.PathLike, audio: str | os.PathLike, out: str | os.PathLi
             ["-y", "-v", "error", "-i", file_url(video), "-i", file_url(audio), "-map", "0:v:0", "-map", "1:a:0",
              "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", file_url(tmp)],
         )
+        check_written(tmp, out, num_frames=None, audio=True)
     return out
+
+
+def check_written(written: Path, name: Path, num_frames: int | None, audio: bool) -> None:
+    """Probe a file just written, before it gets its final `name`: the streams it must hold, and the frame count.
+
+    A file without them is our failure (RuntimeError: exit 1), never a result.
+    """
+    try:
+        info = probe(written)
+    except BadInput as error:
+        raise RuntimeError(f"ffmpeg wrote {name} unreadable ({error.message})") from None
+    frames = info.video.num_frames if info.video else 0
+    if frames == 0 or (num_frames is not None and frames != num_frames) or (audio and info.audio is None):
+        raise RuntimeError(f"ffmpeg wrote {name} without the expected streams (video frames {frames}"
+                           f"{f' of {num_frames}' if num_frames is not None else ''}, audio {'yes' if info.audio else 'no'})")
 
 
 def fit_length(samples: np.ndarray, length: int) -> np.ndarray:

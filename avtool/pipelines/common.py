@@ -10,6 +10,7 @@ once. Importing this module imports no torch.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import sys
@@ -24,6 +25,7 @@ from avtool.runtime import GENERATORS, MAX_SEED, Shard, Stopwatch, check_device,
 from avtool.ui import say
 
 Models = TypeVar("Models")
+MAX_STEPS = 1000
 
 
 @dataclass
@@ -39,6 +41,7 @@ class GenerationOptions:
     dtype: str = "auto"
     generator: str = "cpu"  # where the initial noise is drawn: "cpu" (same video on any device) or "device" (as upstream on CUDA)
     skip_existing: bool = False
+    overwrite: bool = False
     keep_going: bool = False
     shard: str | None = None  # "K/N"; None: from the launcher's environment, if any
     quiet: bool = False
@@ -52,8 +55,8 @@ class GenerationOptions:
         for seed in self.seeds:
             if not 0 <= seed <= MAX_SEED:
                 raise BadInput(f"--seed {seed}: must be between 0 and {MAX_SEED}")
-        if self.steps is not None and self.steps < min_steps:
-            raise BadInput(f"--steps {self.steps}: must be at least {min_steps}")
+        if self.steps is not None and not min_steps <= self.steps <= MAX_STEPS:
+            raise BadInput(f"--steps {self.steps}: must be from {min_steps} to {MAX_STEPS}")
         resolve_shard(self.shard)
 
 
@@ -94,6 +97,8 @@ def plan_jobs(sources: list[dict[str, Any]], opts: GenerationOptions, suffix: st
     count = len(sources) * len(seeds)
     if opts.output is not None and count > 1:
         raise BadInput(f"-o/--output names one file but this run makes {count}", hint="use --output-dir instead")
+    if opts.output is not None and opts.output.suffix.lower() != ext:
+        raise BadInput(f"-o {opts.output}: this command writes {ext} files", hint=f"name the output *{ext}")
     jobs = []
     for inputs in sources:
         for seed in seeds:
@@ -111,7 +116,32 @@ def plan_jobs(sources: list[dict[str, Any]], opts: GenerationOptions, suffix: st
         jobs = shard.take(jobs)
     if opts.skip_existing:
         jobs = [job for job in jobs if not is_complete(job.output)]
+    for job in jobs:
+        check_output(job, replace=opts.overwrite or opts.skip_existing)
     return jobs
+
+
+def check_output(job: Job, replace: bool) -> None:
+    """Refuse (before anything loads) an output that is one of the job's inputs, that exists (unless `replace`),
+    that is read-only, or whose name or sidecar name is taken by a folder; and a folder where nothing can be written."""
+    output, sidecar = job.output, sidecar_path(job.output)
+    for path in (output, sidecar):
+        if path.is_dir():
+            raise BadInput(f"{path}: is a folder, so the output cannot be written there", hint="remove it or choose another output name")
+    for value in job.inputs.values():
+        if isinstance(value, Path) and value.exists() and output.exists() and os.path.samefile(value, output):
+            raise BadInput(f"{output}: is the input {value}; an input is never overwritten", hint="choose another -o or --output-dir")
+    if output.exists() and not replace:
+        raise BadInput(f"{output}: exists", hint="--overwrite replaces it; --skip-existing redoes only unfinished outputs")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise BadInput(f"{output}: exists and is read-only", hint="change its permissions or choose another output name")
+    folder = next(p for p in (output.absolute().parent, *output.absolute().parents) if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"{folder}: cannot write outputs there (not a writable folder)", hint="choose another output folder")
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(output.name + ".json")
 
 
 def is_complete(output: Path) -> bool:
@@ -122,7 +152,7 @@ def is_complete(output: Path) -> bool:
     from avtool.weights.manifest import digests
 
     try:
-        recorded = json.loads(output.with_name(output.name + ".json").read_text())["output"]
+        recorded = json.loads(sidecar_path(output).read_text())["output"]
         return output.is_file() and output.stat().st_size == recorded["size"] and digests(output).sha256 == recorded["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -220,9 +250,13 @@ def write_sidecar(job: Job, info: RunInfo, rendered: Rendered) -> Path:
         "output": {"path": str(job.output), "size": output.size, "sha256": output.sha256},
         "timings": {"load": round(info.load_seconds, 3), **{k: round(v, 3) for k, v in rendered.timings.items()}},
     }
-    sidecar = job.output.with_name(job.output.name + ".json")
-    with atomic_output(sidecar) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    sidecar = sidecar_path(job.output)
+    try:
+        with atomic_output(sidecar) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    except BaseException:
+        job.output.unlink(missing_ok=True)  # an output without its sidecar is not a result
+        raise
     return sidecar
 
 

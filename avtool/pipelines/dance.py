@@ -28,7 +28,16 @@ from avtool.media import AudioStreamInfo, load_audio, probe, write_video
 from avtool.media.resample import sinc_resample_window, sinc_window_bounds
 from avtool.media.video import fit_length
 from avtool.pipelines.common import GenerationOptions, Job, Rendered, RunInfo, options_record, plan_jobs, run_jobs, weights_record
-from avtool.runtime import RUNNER_MODES, Stopwatch, resolve_device, resolve_dtype, resolve_shard, silence_libraries
+from avtool.runtime import (
+    RUNNER_MODES,
+    Stopwatch,
+    dtype_bytes,
+    resolve_device,
+    resolve_dtype,
+    resolve_shard,
+    runs_on_cpu,
+    silence_libraries,
+)
 from avtool.ui import progress, say
 from avtool.weights.layout import ADAPTER_FILE, ADAPTER_FOLDER, MOCHI_FOLDER, WAV2VEC_FOLDER, WeightsCheck
 
@@ -36,8 +45,13 @@ DEFAULT_PROMPT = ("a professional female dancer dancing K-pop in an advanced dan
                   "background, captured from a front view")
 DEFAULT_STEPS = 64
 MIN_STEPS = 2  # Mochi's linear-quadratic schedule has a linear and a quadratic part
+MIN_FRAMES, MAX_FRAMES = 7, 997
+MAX_SIZE = 4096
+MIN_FPS, MAX_FPS = 1.0, 240.0
+MAX_CFG = 100.0
 MODEL_FPS = 30  # the excerpt covers num_frames at the 30 fps MusicInfuser was trained on, whatever --fps says
 EXCERPT_PAD_SECONDS = 0.09  # upstream's excerpt is num_frames/30 + 0.09 s (a convention shared with its preprocessing)
+SILENCE_DBFS = -60.0
 UPSTREAM_SAMPLE_RATE = 44100  # upstream re-encodes every song to 44.1 kHz before drawing the excerpt start
 WAV2VEC_RATE = 16000
 TEXT_TOKENS = 256
@@ -93,12 +107,15 @@ def dance(inputs: list[Path], request: DanceRequest, opts: GenerationOptions) ->
     check_options(request, opts)
     songs = {path: probe(path).require_audio() for path in inputs}
     for path, audio in songs.items():
-        if request.start is not None and request.start >= audio.duration:
-            raise BadInput(f"--start {request.start:g}: {path} is only {audio.duration:.2f} s long")
+        if request.start is not None and not audio.start <= request.start < audio.start + audio.duration:
+            raise BadInput(f"--start {request.start:g}: the audio of {path} runs from {audio.start:.2f} s to "
+                           f"{audio.start + audio.duration:.2f} s")
     weights = check_weights(opts.weights_dir)
     height, width = resolve_size(request, weights)
     steps = opts.steps or DEFAULT_STEPS
     shard = resolve_shard(opts.shard)
+    if runs_on_cpu(opts.device):  # a GPU's free memory is known once torch is imported, in load_models
+        check_memory(weights, request, (height, width), "cpu", dtype_bytes(opts.dtype, "cpu"))
 
     # 2. Plan the jobs (this process's share of them).
     jobs = plan_jobs([{"music": path} for path in inputs], opts, suffix="_generated", shard=shard)
@@ -117,18 +134,21 @@ def load_models(weights: DanceWeights, request: DanceRequest, opts: GenerationOp
     from avtool.models.mochi import MochiFlowModel, use_masked_attention
     from avtool.models.musicinfuser import Wav2VecEncoder
     from avtool.sampling import CFGDenoiser, StepRunner, linear_quadratic_sigmas, resolve_runner
-    from avtool.weights.loading import load_pretrained, weights_hint
+    from avtool.weights.loading import load_pretrained, reading_weights, weights_hint
 
     device = resolve_device(opts.device, shard)
     dtype = resolve_dtype(opts.dtype, device)
     runner_mode = resolve_runner(request.runner, device)
+    if device != "cpu":
+        check_memory(weights, request, size, device, dtype.itemsize)
     silence_libraries()
     clock = Stopwatch()
     with weights_hint(weights.root, MODEL_OF_FOLDER):
         text, text_mask = encode_prompt(weights, request.prompt, device, dtype)
         vae = load_pretrained(AutoencoderKLMochi, weights.mochi / "vae", torch_dtype=dtype).to(device).eval()
         transformer = load_transformer(weights, device, dtype)
-        wav2vec = Wav2VecEncoder.from_folder(weights.wav2vec, device)
+        with reading_weights(weights.wav2vec):
+            wav2vec = Wav2VecEncoder.from_folder(weights.wav2vec, device)
     if request.tiling:
         vae.enable_tiling()  # spatial tiles of 256 px with overlap blending
     step = StepRunner(CFGDenoiser(MochiFlowModel(transformer), request.cfg_scale), runner_mode,
@@ -149,8 +169,9 @@ def render_job(models: DanceModels, job: Job, songs: dict[Path, AudioStreamInfo]
 
     # The song's excerpt, and the wav2vec2 features of its channel 0 at 16 kHz (as upstream).
     start_sample = excerpt_start(songs[song], request, job.seed)
-    start = start_sample / UPSTREAM_SAMPLE_RATE
+    start = songs[song].start + start_sample / UPSTREAM_SAMPLE_RATE  # in the file's timeline
     excerpt, sample_rate = music_excerpt(song, songs[song], request, start_sample)
+    check_not_silent(song, excerpt, start, request)
     audio = models.wav2vec(wav2vec_input(song, songs[song], request, start_sample)).to(models.device, models.text.dtype)
     timings["features"] = clock.lap()
 
@@ -178,18 +199,20 @@ def check_options(request: DanceRequest, opts: GenerationOptions) -> None:
     """Refuse (exit 2) options the model cannot run with, naming the nearest valid values."""
     opts.check(min_steps=MIN_STEPS)
     n = request.num_frames
-    if n < TEMPORAL_SCALE + 1 or (n - 1) % TEMPORAL_SCALE:
-        raise BadInput(f"--num-frames {n}: must be 6k+1 (7, 13, ..., 145, ...); nearest valid: {_nearest(n - 1, TEMPORAL_SCALE, 1)}")
+    if not MIN_FRAMES <= n <= MAX_FRAMES or (n - 1) % TEMPORAL_SCALE:
+        nearest = _nearest(min(max(n, MIN_FRAMES), MAX_FRAMES) - 1, TEMPORAL_SCALE, 1)
+        raise BadInput(f"--num-frames {n}: must be 6k+1 from {MIN_FRAMES} to {MAX_FRAMES} (7, 13, ..., 145, ...); nearest valid: {nearest}")
     for name, value in (("--height", request.height), ("--width", request.width)):
-        if value is not None and (value < SPATIAL_SCALE * PATCH or value % (SPATIAL_SCALE * PATCH)):
-            raise BadInput(f"{name} {value}: must be a multiple of {SPATIAL_SCALE * PATCH}; "
-                           f"nearest valid: {_nearest(value, SPATIAL_SCALE * PATCH, 0)}")
-    if not request.fps > 0:
-        raise BadInput(f"--fps {request.fps:g}: must be positive")
-    if not math.isfinite(request.cfg_scale):
-        raise BadInput(f"--cfg-scale {request.cfg_scale}: must be a finite number")
-    if request.start is not None and request.start < 0:
-        raise BadInput(f"--start {request.start:g}: must not be negative")
+        step = SPATIAL_SCALE * PATCH
+        if value is not None and (not step <= value <= MAX_SIZE or value % step):
+            nearest = _nearest(min(max(value, step), MAX_SIZE), step, 0)
+            raise BadInput(f"{name} {value}: must be a multiple of {step} from {step} to {MAX_SIZE}; nearest valid: {nearest}")
+    if not MIN_FPS <= request.fps <= MAX_FPS:
+        raise BadInput(f"--fps {request.fps:g}: must be from {MIN_FPS:g} to {MAX_FPS:g}")
+    if not 0 <= request.cfg_scale <= MAX_CFG:
+        raise BadInput(f"--cfg-scale {request.cfg_scale:g}: must be from 0 to {MAX_CFG:g}")
+    if request.start is not None and not (math.isfinite(request.start) and request.start >= 0):
+        raise BadInput(f"--start {request.start:g}: must be a time in seconds, 0 or more")
     if request.runner not in RUNNER_MODES:
         raise BadInput(f"--runner {request.runner}: expected one of {', '.join(RUNNER_MODES)}")
 
@@ -236,6 +259,77 @@ def resolve_size(request: DanceRequest, weights: DanceWeights) -> tuple[int, int
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Memory (checked before any model loads)
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What the peak memory of a dance run depends on, read from the weights' configs and safetensors headers."""
+
+    dit_parameters: int  # DiT + adapter
+    vae_parameters: int
+    t5_parameters: int
+    wav2vec_parameters: int
+    width: int  # the DiT's hidden size
+    vae_channels: int  # the VAE decoder's channels at full resolution
+
+
+def memory_model(weights: DanceWeights) -> MemoryModel:
+    from avtool.weights.layout import parameter_count
+
+    def files(folder: str) -> list[Path]:
+        return [p for p in weights.files[MOCHI_FOLDER] if p.parent.name == folder and p.suffix == ".safetensors"]
+
+    transformer = json.loads((weights.mochi / "transformer" / "config.json").read_text())
+    vae = json.loads((weights.mochi / "vae" / "config.json").read_text())
+    return MemoryModel(
+        dit_parameters=parameter_count([p for p in weights.transformer_files if p.suffix == ".safetensors"] + [weights.adapter]),
+        vae_parameters=parameter_count(files("vae")),
+        t5_parameters=parameter_count(files("text_encoder")),
+        wav2vec_parameters=parameter_count([p for p in weights.files[ADAPTER_FOLDER] if p.parent == weights.wav2vec and p.suffix != ".json"]),
+        width=transformer.get("num_attention_heads", 24) * transformer.get("attention_head_dim", 128),
+        vae_channels=list(vae.get("decoder_block_out_channels", [128]))[0],
+    )
+
+
+def estimate_peak_bytes(model: MemoryModel, num_frames: int, size: tuple[int, int], dtype_bytes: int, tiling: bool) -> int:
+    """An estimate (within a factor of about 1.5) of a dance run's peak memory on its device.
+
+    Phases: T5 alone (fp32, freed after the prompt); the DiT, VAE and wav2vec2 resident while sampling (CFG batch
+    of 2, one block's activations at a time); the same while decoding, with the VAE's full-resolution activations
+    for every frame (a 256 px tile of them with --tiling) and the decoded video in fp32 and uint8.
+    """
+    height, width = size
+    tokens = ((num_frames - 1) // TEMPORAL_SCALE + 1) * (height // (SPATIAL_SCALE * PATCH)) * (width // (SPATIAL_SCALE * PATCH))
+    resident = (model.dit_parameters + model.vae_parameters) * dtype_bytes + model.wav2vec_parameters * 4
+    sampling = 2 * (tokens + TEXT_TOKENS) * model.width * 16 * dtype_bytes
+    area = min(height, 256) * min(width, 256) if tiling else height * width
+    decoding = num_frames * area * model.vae_channels * dtype_bytes * 3 + num_frames * height * width * 3 * (4 + 1)
+    return max(model.t5_parameters * 4, resident + sampling, resident + decoding)
+
+
+def check_memory(weights: DanceWeights, request: DanceRequest, size: tuple[int, int], device: str, dtype_bytes: int) -> None:
+    """Refuse (exit 2) a run whose estimated peak exceeds the device's free memory, saying what would fit."""
+    from avtool.runtime import available_memory
+
+    free = available_memory(device)
+    model = memory_model(weights)
+    needed = estimate_peak_bytes(model, request.num_frames, size, dtype_bytes, request.tiling)
+    if free is None or needed <= free:
+        return
+    options = []
+    if not request.tiling and estimate_peak_bytes(model, request.num_frames, size, dtype_bytes, True) <= free:
+        options.append("--tiling")
+    fitting = [n for n in range(MIN_FRAMES, request.num_frames, TEMPORAL_SCALE)
+               if estimate_peak_bytes(model, n, size, dtype_bytes, True) <= free]
+    if fitting:
+        options.append(f"--num-frames {fitting[-1]} or fewer (with --tiling)")
+    raise BadInput(f"this run needs about {needed / 2**30:.1f} GiB on {device}, which has {free / 2**30:.1f} GiB free "
+                   f"({request.num_frames} frames at {size[1]}x{size[0]})",
+                   hint=f"these would fit: {'; '.join(options)}" if options else "use a smaller --height/--width, or a device with more memory")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Music
 
 
@@ -244,14 +338,15 @@ def excerpt_seconds(request: DanceRequest) -> float:
 
 
 def excerpt_start(song: AudioStreamInfo, request: DanceRequest, seed: int) -> int:
-    """The excerpt's first sample on upstream's 44.1 kHz grid: --start, else drawn as upstream draws it.
+    """The excerpt's first sample on upstream's 44.1 kHz grid, counted from the audio's own start: --start
+    (seconds in the file), else drawn as upstream draws it.
 
     Upstream re-encodes the song to 44.1 kHz (moviepy: `int(44100 * duration)` samples, the duration rounded to
     1/100 s) and draws `random.randint(0, n - ceil(44100 * seconds))` seeded with the seed; drawing on that grid
     whatever the file's own rate picks the same excerpt as upstream.
     """
     if request.start is not None:
-        return round(request.start * UPSTREAM_SAMPLE_RATE)
+        return round((request.start - song.start) * UPSTREAM_SAMPLE_RATE)
     total, length = upstream_length(song), math.ceil(UPSTREAM_SAMPLE_RATE * excerpt_seconds(request))
     return random.Random(seed).randint(0, total - length) if total > length else 0
 
@@ -267,8 +362,18 @@ def music_excerpt(path: Path, song: AudioStreamInfo, request: DanceRequest, star
     """
     rate = song.sample_rate
     first, length = round(start * rate / UPSTREAM_SAMPLE_RATE), math.ceil(rate * excerpt_seconds(request))
-    samples, rate = load_audio(path, mono=False, start=first / rate, duration=length / rate)
+    samples, rate = load_audio(path, mono=False, start=song.start + first / rate, duration=length / rate)
     return fit_length(samples, length), rate
+
+
+def check_not_silent(path: Path, excerpt: np.ndarray, start: float, request: DanceRequest) -> None:
+    """Refuse (exit 2) an excerpt below -60 dBFS RMS: the dance would follow silence."""
+    rms = float(np.sqrt(np.mean(np.square(excerpt, dtype=np.float64)))) if excerpt.size else 0.0
+    level = 20 * math.log10(rms) if rms > 0 else -math.inf
+    if level < SILENCE_DBFS:
+        window = f"{start:.2f}-{start + excerpt_seconds(request):.2f} s"
+        raise BadInput(f"{path}: the excerpt {window} is silent ({level:.0f} dBFS)",
+                       hint="choose another --start or --seed, or check the file's audio")
 
 
 def wav2vec_input(path: Path, song: AudioStreamInfo, request: DanceRequest, start: int) -> np.ndarray:
@@ -281,21 +386,22 @@ def wav2vec_input(path: Path, song: AudioStreamInfo, request: DanceRequest, star
     seconds, total = excerpt_seconds(request), upstream_length(song)
     first, count = int(start / UPSTREAM_SAMPLE_RATE * WAV2VEC_RATE), math.ceil(WAV2VEC_RATE * seconds)
     lo, hi = sinc_window_bounds(first, count, UPSTREAM_SAMPLE_RATE, WAV2VEC_RATE, total)
-    window = song_at_44k(path, song.sample_rate, lo, hi)
+    window = song_at_44k(path, song, lo, hi)
     return fit_length(sinc_resample_window(window, lo, first, count, UPSTREAM_SAMPLE_RATE, WAV2VEC_RATE, total), count)
 
 
-def song_at_44k(path: Path, rate: int, lo: int, hi: int) -> np.ndarray:
-    """Channel 0 of the song at 44.1 kHz, samples [lo, hi), zero past the end.
+def song_at_44k(path: Path, song: AudioStreamInfo, lo: int, hi: int) -> np.ndarray:
+    """Channel 0 of the song at 44.1 kHz, samples [lo, hi) from the audio's start, zero past the end.
 
     A file at another rate is decoded from a little before `lo`, on a time where both rates have a sample,
     and converted (soxr; upstream's is ffmpeg's, so those files match upstream only approximately).
     """
-    margin = 0.0 if rate == UPSTREAM_SAMPLE_RATE else 0.05
-    grid = math.gcd(rate, UPSTREAM_SAMPLE_RATE)
+    margin = 0.0 if song.sample_rate == UPSTREAM_SAMPLE_RATE else 0.05
+    grid = math.gcd(song.sample_rate, UPSTREAM_SAMPLE_RATE)
     t0 = math.floor(max(lo / UPSTREAM_SAMPLE_RATE - margin, 0.0) * grid) / grid
     offset = round(t0 * UPSTREAM_SAMPLE_RATE)
-    samples, _ = load_audio(path, sr=UPSTREAM_SAMPLE_RATE, mono=False, start=t0, duration=(hi - offset) / UPSTREAM_SAMPLE_RATE + margin)
+    samples, _ = load_audio(path, sr=UPSTREAM_SAMPLE_RATE, mono=False, start=song.start + t0,
+                            duration=(hi - offset) / UPSTREAM_SAMPLE_RATE + margin)
     return fit_length(samples[0, lo - offset:], hi - lo)
 
 

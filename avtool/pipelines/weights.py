@@ -42,11 +42,22 @@ def download_weights(request: WeightsRequest, echo: Callable[[str], None], quiet
     if request.variant is not None and not any(request.variant in c.variants for m in chosen for c in m.components):
         offered = ", ".join(f"{m.id} ({'/'.join(c.variants)})" for m in registry.MODELS.values() for c in m.components if c.variants)
         raise BadInput(f"--variant {request.variant}: not offered by the models named", hint=f"offered: {offered}")
+    from avtool.media.files import ensure_output_dir
+
     root = request.weights_dir or (default_weights_dir() / "tiny" if request.tiny else default_weights_dir())
     report = download.Report()
+    if root.exists() and not root.is_dir():
+        raise BadInput(f"--dir {root}: is a file, not a folder")
+    if not request.verify and not request.dry_run and (request.tiny or chosen):
+        ensure_output_dir(root)
 
     if request.verify:
+        if not root.is_dir():
+            raise BadInput(f"--dir {root}: no such folder, nothing to verify")
         folders = {c.folder: m.id for m in chosen for c in m.components} if chosen else download.folders_with_manifest(root)
+        if not folders:
+            raise BadInput(f"{root}: no downloaded model folder (with a manifest) to verify",
+                           hint="avtool download-weights MODEL fetches one; avtool download-weights lists them")
         download.verify(root, folders, report)
     elif request.tiny:
         built = [m.id for m in chosen] or list(BUILDERS)

@@ -144,7 +144,7 @@ class Installer:
         the shared components (wav2vec2, CLIP, ...) stay at theirs.
         """
         if model.unavailable:
-            self.report.problem(model.id, self.weights_dir, f"{model.id}: {model.unavailable}", hint="avtool train --help")
+            self.report.problem(model.id, self.weights_dir, f"{model.id}: {model.unavailable}", hint="avtool download-weights lists the models that can be fetched")
             return
         for index, component in enumerate(model.components):
             component_revision = (revision if index == 0 else None) or component.revision

@@ -12,10 +12,11 @@ to download. Nothing here imports torch.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
-from avtool.errors import WeightsError
+from avtool.errors import BadInput, WeightsError
 
 # MusicInfuser (`avtool dance`): Mochi-1 in the diffusers layout, the adapter file, wav2vec2.
 MOCHI_FOLDER = "mochi-1-preview"
@@ -62,13 +63,31 @@ def weights_variant(folder: Path) -> str | None:
     return next((tag for tag in VARIANTS if any(f".{tag}" in name for name in names)), None)
 
 
+def parameter_count(files: list[Path]) -> int:
+    """Tensor elements in safetensors files, from their JSON headers (nothing else is read); other files by size / 4."""
+    count = 0
+    for path in files:
+        if path.suffix != ".safetensors":
+            count += path.stat().st_size // 4 if path.suffix != ".json" else 0
+            continue
+        try:
+            with path.open("rb") as file:
+                header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+        except (OSError, ValueError) as error:
+            raise WeightsError(f"{path}: unreadable safetensors header ({error})") from None
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count += math.prod(entry["shape"])
+    return count
+
+
 class WeightsCheck:
     """The files a run will read, checked together: `missing` collects every absent one per model."""
 
     def __init__(self, weights_dir: str | os.PathLike) -> None:
         self.root = Path(weights_dir)
         if self.root.exists() and not self.root.is_dir():
-            raise WeightsError(f"--weights-dir {self.root}: is a file, not a folder",
+            raise BadInput(f"--weights-dir {self.root}: is a file, not a folder",
                                hint="give the folder that holds the model folders (default ./weights)")
         self.missing: dict[str, list[str]] = {}
         self.files: dict[str, list[Path]] = {}  # model id -> files that will be read (for the sidecar's hashes)

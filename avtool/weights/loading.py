@@ -26,23 +26,39 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         return _load_safetensors(path)
     if path.suffix not in PICKLE_SUFFIXES:
         raise WeightsError(f"{path}: unknown checkpoint format (expected .safetensors or {'/'.join(PICKLE_SUFFIXES)})")
-    import pickle
-
     import torch
 
-    try:
+    with reading_weights(path):
         # mmap keeps multi-GB zip checkpoints out of RAM until used; legacy (non-zip) pickles cannot be mapped.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
+
+
+@contextlib.contextmanager
+def reading_weights(path: str | os.PathLike) -> Iterator[None]:
+    """Turn any failure to read the weights at `path` (a file or a folder) into a one-line WeightsError naming it.
+
+    A pickle that needs code is refused by `torch.load(weights_only=True)` before anything runs; it is reported
+    as such. Truncated or corrupted files (safetensors, zip or pickle), broken configs: "cannot load".
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except WeightsError:
+        raise
+    except pickle.UnpicklingError as error:
         # torch's message is paragraphs: a generic preamble, the offending global, a docs link.
-        paragraphs = [p.strip() for p in str(e).split("\n\n") if p.strip()]
-        detail = paragraphs[1] if len(paragraphs) > 1 else str(e)
+        paragraphs = [p.strip() for p in str(error).split("\n\n") if p.strip()]
+        detail = " ".join((paragraphs[1] if len(paragraphs) > 1 else str(error)).split())
         raise WeightsError(
             f"{path}: refused: this checkpoint needs arbitrary pickled code to load, which avtool never runs ({detail})",
             hint="use a safetensors file, or the official file, or convert it yourself in a trusted environment",
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise WeightsError(f"{path}: unreadable checkpoint ({e})", hint="re-download it with avtool download-weights") from None
+    except (SafetensorError, OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise WeightsError(f"{path}: unreadable ({type(error).__name__}: {detail})") from None
 
 
 def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, Any]:
@@ -81,10 +97,8 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 def _load_safetensors(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    try:
+    with reading_weights(path):
         return load_file(str(path), device="cpu")
-    except Exception as e:  # SafetensorError, or OSError on a truncated file
-        raise WeightsError(f"{path}: unreadable safetensors file ({e})", hint="re-download it with avtool download-weights") from None
 
 
 def _existing(path: str | os.PathLike) -> Path:
@@ -96,14 +110,12 @@ def _existing(path: str | os.PathLike) -> Path:
 
 def load_pretrained(cls, folder: Path, **kwargs):
     """`cls.from_pretrained(folder)` (a diffusers or transformers class), reading a `--variant` folder's tagged files;
-    a broken or incomplete folder is a WeightsError (exit 3), not a traceback."""
+    a broken or incomplete folder is a WeightsError (exit 3) naming it, not a traceback."""
     from avtool.weights.layout import weights_variant
 
     variant = weights_variant(folder)
-    try:
+    with reading_weights(folder):
         return cls.from_pretrained(folder, **({"variant": variant} if variant else {}), **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise WeightsError(f"{folder}: cannot load {cls.__name__} ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
 
 
 @contextlib.contextmanager

@@ -165,7 +165,7 @@ _MODELS = [
                 folder="tempotokens",
                 files=("learned_embeds.pth",),
                 manual="the TempoTokens mapper weights (`learned_embeds.pth`) are not on the hub: get them from the "
-                "links in the README of https://github.com/guyyariv/TempoTokens (or train them with `avtool train`)",
+                "links in the README of https://github.com/guyyariv/TempoTokens",
                 approx_gb=0.13,
                 licence="MIT (repository)",
             ),
@@ -177,7 +177,7 @@ _MODELS = [
         id="d2m",
         components=(),
         needed_by=("score",),
-        unavailable="Dance2Music-Diffusion publishes no weights; train them with `avtool train` (see `avtool train --help`)",
+        unavailable="Dance2Music-Diffusion publishes no weights, and training them here has not landed yet",
     ),
 ]
 
