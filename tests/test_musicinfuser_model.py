@@ -7,12 +7,12 @@ import pytest
 import torch
 from diffusers import MochiTransformer3DModel
 
+from avtool.models.mochi import fp32_parameter_names
 from avtool.models.musicinfuser import (
     AudioCrossAttention,
     AudioProjector,
     Wav2VecEncoder,
 )
-from avtool.models.mochi import fp32_parameter_names
 from avtool.pipelines import dance as pipeline
 from avtool.weights.tiny.musicinfuser import LORA_KWARGS, TINY_AUDIO_LAYERS, adapter_state_dict, write_adapter
 
