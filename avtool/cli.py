@@ -179,26 +179,52 @@ def probe_(
     json: bool,
     quiet: bool,
 ) -> None:
-    """Describe media files: duration, audio stream, video stream (no ffprobe needed)."""
+    """Describe media files: duration, audio stream, video stream (no ffprobe needed).
+
+    Every file is described; a bad one gets its error line (and `"error"` in JSON), and the exit code is the
+    first failure's.
+    """
     from dataclasses import asdict
 
-    from avtool.errors import BadInput
+    from avtool.errors import AvtoolError, BadInput
     from avtool.media import probe
+    from avtool.pipelines.common import JobsFailed
     from avtool.ui import print_json, say
 
     unknown = set(require or []) - {"audio", "video"}
     if unknown:
         raise BadInput(f"--require {unknown.pop()}: expected audio or video")
+    failures: list[AvtoolError] = []
     for path in inputs:
-        info = probe(path)
-        if "audio" in (require or []):
-            info.require_audio()
-        if "video" in (require or []):
-            info.require_video()
+        try:
+            info = probe(path)
+            if "audio" in (require or []):
+                info.require_audio()
+            if "video" in (require or []):
+                info.require_video()
+        except AvtoolError as error:
+            if len(inputs) == 1:
+                raise
+            failures.append(error)
+            _print_error(error.message, error.hint)
+            if json:
+                print_json({"path": str(path), "error": error.message, "exit_code": error.exit_code})
+            continue
         if json:
             print_json(asdict(info))
         else:
-            say(f"{path}: {info.duration}s, audio {info.audio}, video {info.video}")
+            say(_describe_media(info))
+    if failures:
+        raise JobsFailed(len(failures), len(inputs), failures[0], "files")
+
+
+def _describe_media(info) -> str:
+    audio = (f"audio {info.audio.sample_rate} Hz, {info.audio.channels} ch, {info.audio.duration:.2f} s"
+             + (f" from {info.audio.start:.2f} s" if info.audio.start else "")) if info.audio else "no audio"
+    video = (f"video {info.video.width}x{info.video.height}, {info.video.fps:g} fps, {info.video.num_frames} frames"
+             if info.video else "no video")
+    duration = f"{info.duration:.2f} s" if info.duration is not None else "unknown length"
+    return f"{info.path}: {duration}; {audio}; {video}"
 
 
 @command("download-weights")

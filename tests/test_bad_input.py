@@ -1,6 +1,7 @@
 """Bad input of every kind: exit 2, one line naming the file and the problem, no traceback, nothing written."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,14 @@ def test_a_written_file_without_its_streams_never_gets_its_name(tmp_path):
         write_video(np.zeros((5, 16, 16, 3), np.uint8), 1e9, tmp_path / "fast.mp4", audio=np.zeros(1000, np.float32),
                     sample_rate=16000)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_probe_of_many_files_describes_every_one_and_fails_for_the_bad(tmp_path):
+    good, other = tone(tmp_path / "good.wav", seconds=1.0), tone(tmp_path / "other.mp3", seconds=2.0)
+    (tmp_path / "text.mp3").write_text("this is not audio\n" * 100)
+    result = run_avtool("probe", good, tmp_path / "text.mp3", other, tmp_path / "missing.wav", "--json")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [("error" in row, Path(row["path"]).name) for row in rows] == [
+        (False, "good.wav"), (True, "text.mp3"), (False, "other.mp3"), (True, "missing.wav")]
+    assert rows[1]["exit_code"] == 2 and "not a readable audio/video file" in rows[1]["error"]
+    assert result.returncode == 2 and "2 of 4 files failed" in result.stderr and "Traceback" not in result.stderr

@@ -181,10 +181,10 @@ class Rendered:
 
 
 class JobsFailed(AvtoolError):
-    """Some jobs of a --keep-going run failed; the exit code is the first failure's."""
+    """Some jobs of a --keep-going run (or files of a many-file command) failed; the exit code is the first failure's."""
 
-    def __init__(self, failed: int, total: int, first: AvtoolError) -> None:
-        super().__init__(f"{failed} of {total} jobs failed (first: {first.message})", hint=first.hint)
+    def __init__(self, failed: int, total: int, first: AvtoolError, what: str = "jobs") -> None:
+        super().__init__(f"{failed} of {total} {what} failed (first: {first.message})", hint=first.hint)
         self.exit_code = first.exit_code
 
 
