@@ -112,7 +112,7 @@ def seeds_one_process_vs_many(weights_dir: Path, k: int = 3) -> None:
 
         seeds = [str(s) for s in range(1, k + 1)]
         one = timed(base + [arg for s in seeds for arg in ("--seed", s)] + ["--output-dir", f"{tmp}/one"])
-        many = sum(timed(base + ["--seed", s, "--output-dir", f"{tmp}/many"]) for s in seeds)
+        many = sum(timed(base + ["--seed", s, "--output-dir", f"{tmp}/many{s}"]) for s in seeds)
     print(f"[2] {k} seeds, 13 frames, 8 steps: one process {one:.2f} s, {k} processes {many:.2f} s "
           f"({many / one:.2f}x; {(many - one) / (k - 1):.2f} s saved per extra seed)")
 
@@ -137,14 +137,18 @@ print(json.dumps({"shape": list(video.shape), "seconds": seconds, "rss_before_mb
 
 
 def decode_memory(weights_dir: Path) -> None:
+    from avtool.pipelines import dance as pipeline
+
     height, width = DECODE_SIZE
+    model = pipeline.memory_model(pipeline.check_weights(weights_dir))
     print(f"[3] VAE decode of {DECODE_FRAMES} frames at {width}x{height} (tiny VAE), fresh interpreter each")
     for mode in ("full", "tiled"):
+        estimate = pipeline.decode_bytes(model, DECODE_FRAMES, DECODE_SIZE, 4, tiling=mode == "tiled") / 1e6
         out = subprocess.run([sys.executable, "-c", DECODE_CHILD, str(weights_dir / "mochi-1-preview" / "vae"), mode,
                               str(height), str(width), str(DECODE_FRAMES)], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"    {mode:5s} peak RSS {r['peak_rss_mb']:7.0f} MB (+{r['peak_rss_mb'] - r['rss_before_mb']:6.0f} MB over the "
-              f"loaded model), {r['seconds']:5.1f} s, output {r['shape']}")
+              f"loaded model; dance's estimate {estimate:6.0f} MB), {r['seconds']:5.1f} s, output {r['shape']}")
 
 
 def main() -> None:

@@ -293,7 +293,7 @@ def memory_model(weights: DanceWeights) -> MemoryModel:
 
 
 def estimate_peak_bytes(model: MemoryModel, num_frames: int, size: tuple[int, int], dtype_bytes: int, tiling: bool) -> int:
-    """An estimate (within a factor of about 1.5) of a dance run's peak memory on its device.
+    """An estimate of a dance run's peak memory on its device (`bench/dance.py` [3] compares it with the measured decode).
 
     Phases: T5 alone (fp32, freed after the prompt); the DiT, VAE and wav2vec2 resident while sampling (CFG batch
     of 2, one block's activations at a time); the same while decoding, with the VAE's full-resolution activations
@@ -303,9 +303,14 @@ def estimate_peak_bytes(model: MemoryModel, num_frames: int, size: tuple[int, in
     tokens = ((num_frames - 1) // TEMPORAL_SCALE + 1) * (height // (SPATIAL_SCALE * PATCH)) * (width // (SPATIAL_SCALE * PATCH))
     resident = (model.dit_parameters + model.vae_parameters) * dtype_bytes + model.wav2vec_parameters * 4
     sampling = 2 * (tokens + TEXT_TOKENS) * model.width * 16 * dtype_bytes
+    return max(model.t5_parameters * 4, resident + sampling, resident + decode_bytes(model, num_frames, size, dtype_bytes, tiling))
+
+
+def decode_bytes(model: MemoryModel, num_frames: int, size: tuple[int, int], dtype_bytes: int, tiling: bool) -> int:
+    """The VAE decode's activations (full resolution, every frame; one 256 px tile with --tiling) and the video."""
+    height, width = size
     area = min(height, 256) * min(width, 256) if tiling else height * width
-    decoding = num_frames * area * model.vae_channels * dtype_bytes * 3 + num_frames * height * width * 3 * (4 + 1)
-    return max(model.t5_parameters * 4, resident + sampling, resident + decoding)
+    return num_frames * area * model.vae_channels * dtype_bytes * 4 + num_frames * height * width * 3 * (4 + 1)
 
 
 def check_memory(weights: DanceWeights, request: DanceRequest, size: tuple[int, int], device: str, dtype_bytes: int) -> None:
