@@ -18,6 +18,7 @@ from mediagen import clip, ffmpeg
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from avtool.errors import WeightsError
 from avtool.media import load_audio, probe
 
 
@@ -256,3 +257,19 @@ def test_audio_that_starts_late_gives_a_dance_to_sound(avtool, tiny_weights, tmp
         assert np.abs(muxed).max() > 0.05
     run = avtool(*dance_args(tiny_weights, late, "--num-frames", "7", "--start", "1", "--output-dir", tmp_path / "early"))
     assert run.returncode == 2 and "the audio of" in run.stderr and "runs from 4.9" in run.stderr
+
+
+def test_the_files_checked_follow_the_classes_in_model_index(tiny_weights, tmp_path):
+    from avtool.pipelines import dance as pipeline
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    tokenizer = weights / "mochi-1-preview" / "tokenizer"
+    (tokenizer / "tokenizer.json").rename(tokenizer / "spiece.model")  # a slow tokenizer's file stands in
+    checked = pipeline.check_weights(weights).files["mochi-1-preview"]
+    assert tokenizer / "spiece.model" in checked and weights / "mochi-1-preview" / "scheduler" / "scheduler_config.json" not in checked
+    index = json.loads((weights / "mochi-1-preview" / "model_index.json").read_text())
+    index["vae"] = ["transformers", "SomeTransformersVAE"]  # a transformers model's weights are model.safetensors
+    (weights / "mochi-1-preview" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightsError, match=r"vae/model\.safetensors"):
+        pipeline.check_weights(weights)

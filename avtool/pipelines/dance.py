@@ -58,6 +58,9 @@ TEXT_TOKENS = 256
 LATENT_CHANNELS = 12
 SPATIAL_SCALE, TEMPORAL_SCALE, PATCH = 8, 6, 2
 MODEL_OF_FOLDER = {MOCHI_FOLDER: MOCHI_FOLDER, ADAPTER_FOLDER: ADAPTER_FOLDER, WAV2VEC_FOLDER: ADAPTER_FOLDER}
+# the Mochi pipeline components a dance run loads, with the (library, class) to expect without a model_index.json
+MOCHI_COMPONENTS = {"tokenizer": ("transformers", "T5TokenizerFast"), "text_encoder": ("transformers", "T5EncoderModel"),
+                    "transformer": ("diffusers", "MochiTransformer3DModel"), "vae": ("diffusers", "AutoencoderKLMochi")}
 
 
 @dataclass(frozen=True)
@@ -225,22 +228,19 @@ def _nearest(value: int, multiple: int, offset: int) -> str:
 
 
 def check_weights(weights_dir: Path) -> DanceWeights:
-    """Check every file the loaders will read, for every model at once (exit 3 naming every model to download)."""
+    """Check every file the loaders will read, for every model at once (exit 3 naming every model to download).
+
+    The files follow from the classes that load them: the Mochi components' classes from `model_index.json`,
+    wav2vec2's feature extractor and CTC model.
+    """
     check = WeightsCheck(weights_dir)
-    mochi = check.root / MOCHI_FOLDER
-    check.file(MOCHI_FOLDER, f"{MOCHI_FOLDER}/tokenizer/tokenizer_config.json")
-    check.file(MOCHI_FOLDER, f"{MOCHI_FOLDER}/tokenizer/tokenizer.json", f"{MOCHI_FOLDER}/tokenizer/spiece.model")
-    for component, stem in (("text_encoder", "model"), ("vae", "diffusion_pytorch_model")):
-        check.file(MOCHI_FOLDER, f"{MOCHI_FOLDER}/{component}/config.json")
-        check.safetensors(MOCHI_FOLDER, f"{MOCHI_FOLDER}/{component}", stem)
-    check.file(MOCHI_FOLDER, f"{MOCHI_FOLDER}/transformer/config.json")
-    transformer_files = check.safetensors(MOCHI_FOLDER, f"{MOCHI_FOLDER}/transformer", "diffusion_pytorch_model")
+    mochi = check.pipeline(MOCHI_FOLDER, MOCHI_FOLDER, MOCHI_COMPONENTS)
     adapter = check.file(ADAPTER_FOLDER, f"{ADAPTER_FOLDER}/{ADAPTER_FILE}")
-    for name in ("config.json", "preprocessor_config.json"):
-        check.file(ADAPTER_FOLDER, f"{WAV2VEC_FOLDER}/{name}")
-    check.file(ADAPTER_FOLDER, f"{WAV2VEC_FOLDER}/model.safetensors", f"{WAV2VEC_FOLDER}/pytorch_model.bin")
+    check.pretrained(ADAPTER_FOLDER, WAV2VEC_FOLDER, "Wav2Vec2FeatureExtractor", "transformers")
+    check.pretrained(ADAPTER_FOLDER, WAV2VEC_FOLDER, "Wav2Vec2ForCTC", "transformers")
     check.raise_if_missing()
-    return DanceWeights(check.root, mochi, transformer_files, adapter, check.root / WAV2VEC_FOLDER, check.files)
+    transformer_files = [path for path in mochi["transformer"] if path.name != "config.json"]
+    return DanceWeights(check.root, check.root / MOCHI_FOLDER, transformer_files, adapter, check.root / WAV2VEC_FOLDER, check.files)
 
 
 def resolve_size(request: DanceRequest, weights: DanceWeights) -> tuple[int, int]:

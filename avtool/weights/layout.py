@@ -99,7 +99,8 @@ class WeightsCheck:
             if path.is_file() and path.stat().st_size > 0:
                 self.files.setdefault(model, []).append(path)
                 return path
-        self.missing.setdefault(model, []).append(str(self.root / relative) + (" (or an alternative)" if alternatives else ""))
+        others = f" (or {', '.join(Path(name).name for name in alternatives)})" if alternatives else ""
+        self.missing.setdefault(model, []).append(str(self.root / relative) + others)
         return self.root / relative
 
     def safetensors(self, model: str, folder: str, stem: str) -> list[Path]:
@@ -115,6 +116,39 @@ class WeightsCheck:
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
             raise WeightsError(f"{index}: unreadable shard index ({error})", hint=download_hint([model], self.root)) from None
         return [self.file(model, f"{folder}/{index.name}"), *(self.file(model, f"{folder}/{name}") for name in shards)]
+
+    def pretrained(self, model: str, folder: str, class_name: str, library: str) -> list[Path]:
+        """The files `class_name.from_pretrained(root/folder)` reads, by the kind of class (`library` is
+        "transformers" or "diffusers", as in a `model_index.json`); recorded as needed by `model`."""
+        def at(name: str) -> str:
+            return f"{folder}/{name}"
+
+        if "Tokenizer" in class_name:  # AutoTokenizer takes tokenizer.json, else the SentencePiece model
+            return [self.file(model, at("tokenizer_config.json")), self.file(model, at("tokenizer.json"), at("spiece.model"))]
+        if "Scheduler" in class_name:
+            return [self.file(model, at("scheduler_config.json"))]
+        if "FeatureExtractor" in class_name or "Processor" in class_name:
+            return [self.file(model, at("preprocessor_config.json"))]
+        stem = "diffusion_pytorch_model" if library == "diffusers" else "model"
+        directory = self.root / folder
+        if library == "transformers" and not list(directory.glob("*.safetensors")) and (directory / "pytorch_model.bin").is_file():
+            return [self.file(model, at("config.json")), self.file(model, at("pytorch_model.bin"))]
+        return [self.file(model, at("config.json")), *self.safetensors(model, folder, stem)]
+
+    def pipeline(self, model: str, folder: str, components: dict[str, tuple[str, str]]) -> dict[str, list[Path]]:
+        """The files of the `components` a run loads from a diffusers pipeline folder, each by the class its
+        `model_index.json` names (`components` gives the (library, class) to expect where that file is absent)."""
+        index_path = self.root / folder / "model_index.json"
+        try:
+            index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        except (OSError, ValueError) as error:
+            raise WeightsError(f"{index_path}: not valid JSON ({error})", hint=download_hint([model], self.root)) from None
+        files = {}
+        for name, default in components.items():
+            entry = index.get(name)
+            library, class_name = entry if isinstance(entry, list) and len(entry) == 2 else default
+            files[name] = self.pretrained(model, f"{folder}/{name}", class_name, library)
+        return files
 
     def raise_if_missing(self) -> None:
         """One WeightsError naming the first missing files (a whole missing model folder once) and, in its hint,
