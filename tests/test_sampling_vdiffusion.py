@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from avtool.sampling.samplers import sample_vdiffusion
 from avtool.sampling.schedules import vdiffusion_sigmas
-from avtool.sampling.vdiffusion import sample_vdiffusion
 
 SHAPE = (2, 32, 16)  # (batch, latent channels, latent frames) like D2M's [1, 32, 256], smaller
 

@@ -4,10 +4,9 @@ lives with the model."""
 from avtool.sampling.discrete import load_scheduler, sample_discrete, scale_initial_noise
 from avtool.sampling.guidance import CFGDenoiser
 from avtool.sampling.runner import StepRunner, resolve_runner
-from avtool.sampling.samplers import sample_euler_flow
+from avtool.sampling.samplers import sample_euler_flow, sample_vdiffusion
 from avtool.sampling.schedules import linear_quadratic_sigmas, vdiffusion_sigmas
 from avtool.sampling.tokens import guided_logits, sample_logits, sample_tokens
-from avtool.sampling.vdiffusion import sample_vdiffusion
 
 __all__ = [
     "CFGDenoiser", "StepRunner", "guided_logits", "linear_quadratic_sigmas", "load_scheduler", "resolve_runner",
