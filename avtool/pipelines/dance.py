@@ -30,6 +30,7 @@ from avtool.media.video import fit_length
 from avtool.pipelines.common import GenerationOptions, Job, Rendered, RunInfo, options_record, plan_jobs, run_jobs, weights_record
 from avtool.runtime import (
     RUNNER_MODES,
+    Shard,
     Stopwatch,
     dtype_bytes,
     resolve_device,
@@ -129,7 +130,7 @@ def dance(inputs: list[Path], request: DanceRequest, opts: GenerationOptions) ->
     yield from run_jobs(jobs, opts, load, render)
 
 
-def load_models(weights: DanceWeights, request: DanceRequest, opts: GenerationOptions, steps: int, shard,
+def load_models(weights: DanceWeights, request: DanceRequest, opts: GenerationOptions, steps: int, shard: Shard | None,
                 size: tuple[int, int]) -> tuple[DanceModels, RunInfo]:
     """The prompt's T5 embeddings, the MusicInfuser DiT behind CFG and the step runner, the VAE and wav2vec2."""
     from diffusers import AutoencoderKLMochi
@@ -142,7 +143,7 @@ def load_models(weights: DanceWeights, request: DanceRequest, opts: GenerationOp
     device = resolve_device(opts.device, shard)
     dtype = resolve_dtype(opts.dtype, device)
     runner_mode = resolve_runner(request.runner, device)
-    if device != "cpu":
+    if not runs_on_cpu(opts.device):  # checked in `dance` otherwise
         check_memory(weights, request, size, device, dtype.itemsize)
     silence_libraries()
     clock = Stopwatch()
