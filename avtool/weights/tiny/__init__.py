@@ -12,6 +12,7 @@ from pathlib import Path
 BUILDERS: dict[str, str] = {
     "mochi-1-preview": "avtool.weights.tiny.mochi:build",
     "musicinfuser": "avtool.weights.tiny.musicinfuser:build",
+    "vidmuse": "avtool.weights.tiny.vidmuse:build",
 }
 
 
