@@ -291,9 +291,34 @@ def dance(
 
 
 @command("score", generation=True)
-def score(inputs: Inputs = None, *, json: bool, quiet: bool, common: GenerationOptions) -> None:
-    """Video to music for it, muxed back into the video (VidMuse, Dance2Music-Diffusion)."""
-    _not_available("score")
+def score(
+    inputs: Inputs = None,
+    model: Annotated[str, typer.Option("--model", help="Backend: vidmuse.")] = "vidmuse",
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of music, at least 1 (default: the video's length floored to whole seconds).", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k likeliest tokens, 0 (off) to 2048.")] = 250,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling, 0 (off) to 1; replaces --top-k when set.")] = 0.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature, 0 (greedy) to 10.")] = 1.0,
+    cfg_scale: Annotated[float, typer.Option("--cfg-scale", help="Classifier-free guidance against a black video, 0 to 100.")] = 3.0,
+    runner: Annotated[str, typer.Option("--runner", help="Token step runner: auto (cuda-graph on CUDA, eager on CPU), eager, compile or cuda-graph.")] = "auto",
+    *,
+    json: bool,
+    quiet: bool,
+    common: GenerationOptions,
+) -> None:
+    """Video to music for it (VidMuse): <stem>_scored.wav and <stem>_scored.mp4 with the video stream copied.
+
+    Inputs are videos, or folders of videos. Videos longer than 30 s are scored in windows of 30 s that carry
+    the last 0.5 s over, each conditioned on its own span's frames.
+    """
+    from avtool.errors import BadInput
+    from avtool.pipelines.score import ScoreRequest
+    from avtool.pipelines.score import score as run_score
+
+    if not inputs:
+        raise BadInput("no input: give one or more videos, or folders of videos")
+    request = ScoreRequest(model=model, duration=duration, top_k=top_k, top_p=top_p, temperature=temperature,
+                           cfg_scale=cfg_scale, runner=runner)
+    _report(run_score(inputs, request, common), json)
 
 
 @command("animate", generation=True)

@@ -3,9 +3,9 @@
 from avtool.media.audio import load_audio
 from avtool.media.files import atomic_output, check_input_file, ensure_output_dir
 from avtool.media.probe import AudioStreamInfo, MediaInfo, VideoStreamInfo, probe
-from avtool.media.video import iter_frames, mux, read_frames, write_video
+from avtool.media.video import frames_at, iter_frames, mux, read_frames, write_video
 
 __all__ = [
     "AudioStreamInfo", "MediaInfo", "VideoStreamInfo", "atomic_output", "check_input_file", "ensure_output_dir",
-    "iter_frames", "load_audio", "mux", "probe", "read_frames", "write_video",
+    "frames_at", "iter_frames", "load_audio", "mux", "probe", "read_frames", "write_video",
 ]

@@ -21,7 +21,7 @@ import numpy as np
 from avtool.errors import BadInput
 from avtool.media.ffmpeg import ffmpeg_exe, ffmpeg_failure, ffmpeg_process, file_url, run_ffmpeg
 from avtool.media.files import atomic_output, check_input_file, temporary_sibling
-from avtool.media.probe import probe
+from avtool.media.probe import VideoStreamInfo, probe
 
 
 def iter_frames(
@@ -39,10 +39,43 @@ def iter_frames(
     """
     path = check_input_file(path)
     video = probe(path).require_video()
-    width, height = size or (video.width, video.height)
     indices = frame_indices(np.arange(video.num_frames) / video.fps, fps, start, num_frames)
-    if len(indices) == 0:
-        return
+    yield from frames_at(path, indices, size, batch_size, video)
+
+
+def frames_at(
+    path: str | os.PathLike,
+    indices: Iterable[int],
+    size: tuple[int, int] | None = None,
+    batch_size: int = 32,
+    video: VideoStreamInfo | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield the source frames `indices` (ascending, repeats allowed) of `path` as uint8 RGB batches (n, H, W, 3).
+
+    Runs of nearby indices are decoded in one pass from an accurate seek to their first frame; an index far from
+    the previous one starts a new seek, so a few frames spread over a long video cost a few short decodes.
+    """
+    path = check_input_file(path)
+    video = video or probe(path).require_video()
+    indices = np.asarray(list(indices), dtype=np.int64)
+    if len(indices) and (np.any(np.diff(indices) < 0) or indices[0] < 0):
+        raise ValueError("frames_at: indices must be ascending and non-negative")
+    gap = max(int(2 * video.fps), 1)  # decoding more than ~2 s of unused frames costs more than a seek
+    runs = np.split(indices, np.flatnonzero(np.diff(indices) > gap) + 1) if len(indices) else []
+    batch: list[np.ndarray] = []
+    for run in runs:
+        for frame in _decode_run(path, video, run, size):
+            batch.append(frame)
+            if len(batch) >= batch_size:
+                yield np.stack(batch)
+                batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def _decode_run(path: Path, video: VideoStreamInfo, indices: np.ndarray, size: tuple[int, int] | None) -> Iterator[np.ndarray]:
+    """The frames `indices` (ascending, close together) from one ffmpeg decode starting at the first of them."""
+    width, height = size or (video.width, video.height)
     first, last = int(indices[0]), int(indices[-1])
     scale = ["-vf", f"scale={width}:{height}:flags=area"] if size else []
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-noautorotate",
@@ -51,21 +84,15 @@ def iter_frames(
            "-frames:v", str(last - first + 1), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     frame_bytes = width * height * 3
     with ffmpeg_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
-        batch: list[np.ndarray] = []
         wanted = iter(indices.tolist())
         target = next(wanted)
         for source_index in range(first, last + 1):
             data = proc.stdout.read(frame_bytes)
             if len(data) < frame_bytes:
-                break
+                return
             while target == source_index:
-                batch.append(np.frombuffer(data, np.uint8).reshape(height, width, 3))
+                yield np.frombuffer(data, np.uint8).reshape(height, width, 3)
                 target = next(wanted, None)
-            if len(batch) >= batch_size:
-                yield np.stack(batch)
-                batch = []
-        if batch:
-            yield np.stack(batch)
 
 
 def read_frames(
@@ -128,15 +155,19 @@ def write_video(
     return path
 
 
-def mux(video: str | os.PathLike, audio: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Copy the video stream of `video` (no re-encode), add the first audio stream of `audio` as AAC, stop at the shorter."""
+def mux(video: str | os.PathLike, audio: str | os.PathLike, out: str | os.PathLike, pad_audio: bool = False) -> Path:
+    """Copy the video stream of `video` (no re-encode), add the first audio stream of `audio` as AAC, stop at the shorter.
+
+    `pad_audio`: the audio is padded with silence, so the output lasts as long as the video and holds all of it.
+    """
     video, audio, out = check_input_file(video), check_input_file(audio), Path(out)
     probe(video).require_video()
     probe(audio).require_audio()
+    pad = ["-af", "apad"] if pad_audio else []
     with atomic_output(out) as tmp:
         run_ffmpeg(
             ["-y", "-v", "error", "-i", file_url(video), "-i", file_url(audio), "-map", "0:v:0", "-map", "1:a:0",
-             "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", file_url(tmp)],
+             "-c:v", "copy", *pad, "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", file_url(tmp)],
         )
         check_written(tmp, out, num_frames=None, audio=True)
     return out

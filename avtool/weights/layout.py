@@ -23,6 +23,10 @@ MOCHI_FOLDER = "mochi-1-preview"
 ADAPTER_FOLDER = "musicinfuser"
 ADAPTER_FILE = "musicinfuser.safetensors"
 WAV2VEC_FOLDER = "wav2vec2-base-960h"
+# VidMuse (`avtool score`): the audiocraft export, transformers' EnCodec 32 kHz, CLIP ViT-B/32's configs.
+VIDMUSE_FOLDER = "vidmuse"
+ENCODEC_FOLDER = "encodec_32khz"
+CLIP_FOLDER = "clip-vit-base-patch32"
 VARIANTS = ("bf16", "fp16")
 
 

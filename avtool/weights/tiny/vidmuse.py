@@ -126,6 +126,10 @@ def _write_encodec(folder: Path) -> None:
     from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
 
     torch.manual_seed(2)
-    EncodecModel(EncodecConfig(**ENCODEC)).eval().save_pretrained(folder, safe_serialization=True)
+    codec = EncodecModel(EncodecConfig(**ENCODEC)).eval()
+    for layer in codec.quantizer.layers:  # codebooks start at zero (k-means fills them in training): every code would sound the same
+        layer.codebook.embed.normal_()
+        layer.codebook.inited.fill_(1.0)
+    codec.save_pretrained(folder, safe_serialization=True)
     EncodecFeatureExtractor(feature_size=1, sampling_rate=32000, padding_value=0.0, chunk_length_s=None,
                             overlap=None).save_pretrained(folder)
