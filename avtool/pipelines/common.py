@@ -232,30 +232,37 @@ def run_jobs(
 
 
 def write_sidecar(job: Job, info: RunInfo, rendered: Rendered) -> Path:
-    """Write `<output>.json` (atomically, after the output): command line, versions, the run, the job, the output's digest."""
-    from avtool.media.files import atomic_output
+    """A generated output's sidecar: the run, the job, its details and timings, and the output's digest."""
     from avtool.weights.manifest import digests
+
+    output = digests(job.output)
+    return write_record(job.output, {
+        "subcommand": info.command, "inputs": {k: str(v) for k, v in job.inputs.items()}, "seed": job.seed,
+        "steps": info.steps, "device": info.device, "dtype": info.dtype, "shard": info.shard.as_record() if info.shard else None,
+        "options": info.options, **rendered.details, "weights": info.weights,
+        "output": {"path": str(job.output), "size": output.size, "sha256": output.sha256},
+        "timings": {"load": round(info.load_seconds, 3), **{k: round(v, 3) for k, v in rendered.timings.items()}},
+    })
+
+
+def write_record(output: Path, record: dict[str, Any]) -> Path:
+    """Write `<output>.json` atomically, after the output: the command line, the versions, and `record`.
+
+    If it cannot be written, the output is removed: an output without its sidecar is not a result.
+    """
+    from avtool.media.files import atomic_output
 
     versions = {"avtool": avtool.__version__, "python": platform.python_version()}
     for name in ("torch", "diffusers", "transformers"):
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "unknown")
-    output = digests(job.output)
-    record = {
-        "command": sys.argv, "subcommand": info.command, "versions": versions,
-        "inputs": {k: str(v) for k, v in job.inputs.items()}, "seed": job.seed, "steps": info.steps,
-        "device": info.device, "dtype": info.dtype, "shard": info.shard.as_record() if info.shard else None,
-        "options": info.options, **rendered.details, "weights": info.weights,
-        "output": {"path": str(job.output), "size": output.size, "sha256": output.sha256},
-        "timings": {"load": round(info.load_seconds, 3), **{k: round(v, 3) for k, v in rendered.timings.items()}},
-    }
-    sidecar = sidecar_path(job.output)
+    sidecar = sidecar_path(output)
     try:
         with atomic_output(sidecar) as tmp:
-            tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            tmp.write_text(json.dumps({"command": sys.argv, "versions": versions, **record}, indent=2, default=str) + "\n")
     except BaseException:
-        job.output.unlink(missing_ok=True)  # an output without its sidecar is not a result
+        output.unlink(missing_ok=True)
         raise
     return sidecar
 

@@ -189,10 +189,10 @@ def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str,
         import librosa
 
         from avtool.analysis.plot import plot_alignment
-        from avtool.pipelines.common import write_sidecar
+        from avtool.pipelines.common import write_record
 
         row["plot"] = str(plot_alignment(job.plot, onsets, motion, results["av-align"], job.file.name))
-        write_sidecar(job.plot, {**row, "libraries": {"librosa": librosa.__version__, "opencv": cv2.__version__},
+        write_record(job.plot, {**row, "libraries": {"librosa": librosa.__version__, "opencv": cv2.__version__},
                                  "timings": {"seconds": round(time.perf_counter() - started, 3)}})
     return row
 
