@@ -133,11 +133,9 @@ def _fail(message: str, hint: Optional[str], code: int, debug: bool) -> None:
 
 
 def _print_error(message: str, hint: Optional[str]) -> None:
-    from avtool.ui import stderr
+    from avtool.ui import print_error
 
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
-    if hint:
-        stderr.print(f"hint: {hint}", soft_wrap=True)
+    print_error(message, hint)
 
 
 def _report(results: Iterable[dict], json: bool) -> None:
@@ -252,7 +250,7 @@ def download_weights(
     else:
         for line in summary_lines(request, result, quiet):
             say(line)
-    raise_problems(result, say)
+    raise_problems(result)
 
 
 @command("preprocess")

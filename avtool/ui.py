@@ -40,9 +40,18 @@ def progress(quiet: bool = False, transfer: bool = False) -> Progress:
 
 
 def say(message: str, quiet: bool = False) -> None:
-    """One line of human output on stderr."""
+    """One line of human output on stderr, printed as it is (file names may hold `[`, which is not markup here)."""
     if not quiet:
-        stderr.print(message, soft_wrap=True)
+        stderr.print(message, soft_wrap=True, markup=False)
+
+
+def print_error(message: str, hint: str | None = None) -> None:
+    """`error: MESSAGE` (the label in red on a terminal) and `hint: HINT` on stderr."""
+    from rich.text import Text
+
+    stderr.print(Text("error:", style="bold red"), Text(message), soft_wrap=True)
+    if hint:
+        stderr.print(f"hint: {hint}", soft_wrap=True, markup=False)
 
 
 def print_json(obj: Any) -> None:

@@ -21,6 +21,7 @@ _UNREADABLE_MARKERS = (
     "Failed to find two consecutive MPEG audio frames",
     "End of file",
     "Format mp3 detected only with low score",
+    "Error opening input",  # ffmpeg 7's summary line for any demuxer failure (e.g. "Input/output error" on a cut file)
 )
 
 

@@ -233,6 +233,7 @@ def _mux_raw_audio(video: Path, samples: np.ndarray, sample_rate: int, out: Path
     channels = samples.shape[0]
     run_ffmpeg(
         ["-y", "-v", "error", "-i", file_url(video), "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
-         "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-shortest", "-f", "mp4", file_url(out)],
+         # no -shortest: the audio is already fitted to the video, and -shortest cuts on AAC frames, dropping a frame
+         "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-f", "mp4", file_url(out)],
         input=np.ascontiguousarray(samples.T, dtype=np.float32).tobytes(),
     )

@@ -100,10 +100,12 @@ def summary_lines(request: WeightsRequest, result: dict[str, Any], quiet: bool =
     return lines
 
 
-def raise_problems(result: dict[str, Any], echo: Callable[[str], None]) -> None:
+def raise_problems(result: dict[str, Any]) -> None:
     """Print every problem but the last, and raise the last as a WeightsError (exit 3)."""
+    from avtool.ui import print_error
+
     problems = result.get("problems", [])
     for problem in problems[:-1]:
-        echo(f"[bold red]error:[/] {problem['problem']}" + (f"\nhint: {problem['hint']}" if problem["hint"] else ""))
+        print_error(problem["problem"], problem["hint"])
     if problems:
         raise WeightsError(problems[-1]["problem"], hint=problems[-1]["hint"])
