@@ -141,6 +141,12 @@ COMMANDS: dict[str, dict[str, st.SearchStrategy]] = {
         "--runner": st.one_of(st.sampled_from(["eager", "compile", "cuda-graph", "EAGER"]), strings), "--tiling": flag,
         **GENERATION_OPTIONS, **OUTPUT_OPTIONS,
     },
+    "score": {
+        "inputs": inputs(".mp4"), "--model": st.one_of(st.sampled_from(["vidmuse", "d2m", "VidMuse"]), strings),
+        "--duration": float_values, "--top-k": int_values, "--top-p": float_values, "--temperature": float_values,
+        "--cfg-scale": float_values, "--runner": st.one_of(st.sampled_from(["eager", "compile", "cuda-graph"]), strings),
+        **GENERATION_OPTIONS, **OUTPUT_OPTIONS,
+    },
     "probe": {
         "inputs": inputs(".wav"), "--require": st.one_of(st.sampled_from(["audio", "video", "AUDIO", "subtitle"]), strings),
         **OUTPUT_OPTIONS,
@@ -164,13 +170,14 @@ DANCE_BASE = {"inputs": [File("tone", "song.wav")], "--num-frames": "7", "--step
 CLIP = File("clip", "clip.mp4")
 BASES: dict[str, list[dict]] = {
     "dance": [{**DANCE_BASE, "--shard": "3/3"}],  # shard 3 of 3 of at most two jobs: none, so no model loads
+    "score": [{"inputs": [CLIP], "--seed": "1", "--weights-dir": WEIGHTS, "--output-dir": "out", "--shard": "2/2"}],
     "probe": [{"inputs": [File("tone", "song.wav")]}],
     "eval": [{"inputs": [CLIP]}, {"inputs": [CLIP], "--joints": File("joints", "joints.npy"), "--metric": "bas"},
              {"inputs": [CLIP], "--reference-audio": File("tone", "song.wav"), "--metric": "all"}],
     "download-weights": [{"inputs": ["musicinfuser"], "--dir": "weights", "--tiny": FLAG, "--dry-run": FLAG},
                          {"--dir": MANIFESTED, "--verify": FLAG}],
 }
-WRITES_SIDECARS = {"dance", "eval"}
+WRITES_SIDECARS = {"dance", "score", "eval"}
 MANY_PROBLEMS = {"download-weights"}  # reports every problem of a run (e.g. each file it cannot fetch), a line each
 
 
@@ -318,7 +325,7 @@ def run_example(command: str, base: dict, option: str, value: object, root: Path
 # No shrinking: an example changes one option already, and shrinking a failure would rerun the CLI for minutes.
 PROPERTY_SETTINGS = settings(deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-EXAMPLES = {"dance": 150, "probe": 100, "eval": 80, "download-weights": 100}
+EXAMPLES = {"dance": 150, "score": 100, "probe": 100, "eval": 80, "download-weights": 100}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

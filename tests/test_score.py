@@ -17,12 +17,8 @@ from avtool.pipelines.common import GenerationOptions
 
 
 @pytest.fixture(scope="session")
-def vidmuse_weights(tmp_path_factory):
-    from avtool.weights.tiny import build_tiny
-
-    weights = tmp_path_factory.mktemp("vidmuse")
-    build_tiny(weights, ["vidmuse"])
-    return weights
+def vidmuse_weights(tiny_weights):
+    return tiny_weights
 
 
 def video(path, seconds: float, fps: int = 25, audio: bool = True):

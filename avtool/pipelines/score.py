@@ -36,6 +36,7 @@ from avtool.pipelines.common import (
     plan_jobs,
     run_jobs,
     weights_record,
+    write_record,
 )
 from avtool.runtime import RUNNER_MODES, Shard, Stopwatch, resolve_device, resolve_shard, silence_libraries
 from avtool.ui import progress, say
@@ -156,6 +157,7 @@ def render_job(models: ScoreModels, job: Job, videos: dict[Path, VideoStreamInfo
     from avtool.analysis.loudness import normalize_loudness
     from avtool.models.vidmuse import delay_constraint, first_input, generation_steps, undo_delay_pattern
     from avtool.sampling import sample_tokens
+    from avtool.weights.manifest import digests
 
     path, video = job.inputs["video"], videos[job.inputs["video"]]
     model, clock, timings = models.model, Stopwatch(), {}
@@ -189,6 +191,9 @@ def render_job(models: ScoreModels, job: Job, videos: dict[Path, VideoStreamInfo
     music = normalize_loudness(music, model.sample_rate, TARGET_LUFS)
     timings["decode"] = clock.lap()
     wav = write_wav(job.output.with_suffix(".wav"), music, model.sample_rate)
+    digest = digests(wav)
+    write_record(wav, {"subcommand": "score", "inputs": {"video": str(path)}, "seed": job.seed, "video_with_music": str(job.output),
+                       "output": {"path": str(wav), "size": digest.size, "sha256": digest.sha256}})
     mux(path, wav, job.output, pad_audio=True)
     timings["write"] = clock.lap()
     details = {"input": str(path), "wav": str(wav), "music_seconds": seconds, "windows": len(windows),
