@@ -3,7 +3,8 @@
 1. Plan: probe every input, decide where each file's audio comes from and which metrics it allows; an explicitly
    requested metric that a file cannot give is an error before any decoding (`--metric all`: what the inputs allow).
 2. Per file: decode the audio at 22 050 Hz (onsets, beats), the video with cv2 (motion curve), the joints file;
-   compute each metric once from these shared features.
+   compute each metric once from these shared features. Several files run two at a time on one shared Farneback
+   pool, so that one file's decoding and audio work overlap another's flows; rows keep the input order.
 3. Mean over files of every value that is defined (a value is None, with a reason, where the metric is undefined:
    JSON never holds NaN).
 4. Plot: one PNG per file with both curves, their peaks and the matched pairs of `av-align`, and its sidecar
@@ -15,8 +16,10 @@ Metric names and what they compute are documented in `avtool.analysis.av_align`,
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +30,10 @@ from avtool.media import load_audio, probe
 
 METRICS = ("av-align", "av-align-2023", "beat-coverage", "beat-hit", "beat-coverage-d2m", "beat-hit-d2m", "bas")
 DEFAULT_METRICS = ("av-align",)
+MAX_MOTION_FPS = 1000.0
 VIDEO_METRICS = ("av-align", "av-align-2023")
 REFERENCE_METRICS = ("beat-coverage", "beat-hit", "beat-coverage-d2m", "beat-hit-d2m")
+FILES_IN_FLIGHT = 2  # enough for the next file's decoding and audio to fill the cores while one file's last flows finish
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,8 @@ def plan_jobs(request: EvalRequest) -> list[EvalJob]:
             raise BadInput(f"{option} applies to one input file, got {len(request.files)}")
     if len(request.reference_audio) not in (0, 1, len(request.files)):
         raise BadInput(f"--reference-audio: give one, or one per input file ({len(request.files)})")
-    if not request.motion_fps > 0:
-        raise BadInput(f"--motion-fps {request.motion_fps}: must be positive")
+    if not 0 < request.motion_fps <= MAX_MOTION_FPS:
+        raise BadInput(f"--motion-fps {request.motion_fps:g}: must be above 0 and at most {MAX_MOTION_FPS:g}")
     if request.plot is not None and request.plot.suffix.lower() != ".png":
         raise BadInput(f"--plot {request.plot}: must name a .png file")
     if request.joints is not None:
@@ -117,7 +122,7 @@ def evaluate(request: EvalRequest, on_progress: Callable[[str, int, int], None] 
     `on_progress(file, frames_done, frames_total)` is called while a video is decoded.
     """
     jobs = plan_jobs(request)
-    rows = [evaluate_job(job, request, on_progress) for job in jobs]
+    rows = _run_jobs(jobs, request, on_progress)
     names = list(dict.fromkeys(name for row in rows for name in row["scores"]))
     mean, scored = {}, {}
     for name in names:
@@ -127,8 +132,56 @@ def evaluate(request: EvalRequest, on_progress: Callable[[str, int, int], None] 
     return {"files": rows, "mean": mean, "scored": scored}
 
 
-def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """All metrics of one file as a row: {"file", "audio", "scores", "reasons", "details", "plot"}."""
+def _run_jobs(jobs: list[EvalJob], request: EvalRequest, on_progress: Callable[[str, int, int], None] | None) -> list[dict]:
+    """The jobs' rows in input order. Several files share one Farneback pool and `FILES_IN_FLIGHT` run at once;
+    when one fails, the others stop at their next frame and its error is raised."""
+    if len(jobs) == 1:
+        return [evaluate_job(jobs[0], request, on_progress)]
+    from avtool.analysis.motion import flow_pool
+
+    stop, progress_lock = threading.Event(), threading.Lock()
+
+    def progress(file: str, done: int, total: int) -> None:
+        with progress_lock:
+            on_progress(file, done, total)
+
+    def run(job: EvalJob, flows: Executor) -> dict:
+        try:
+            if stop.is_set():
+                raise _Stopped
+            return evaluate_job(job, request, on_progress and progress, flows, stop)
+        except BaseException:
+            stop.set()
+            raise
+
+    with (flow_pool(request.workers) as flows,
+          ThreadPoolExecutor(FILES_IN_FLIGHT, thread_name_prefix="eval-file") as files):
+        futures = [files.submit(run, job, flows) for job in jobs]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # after a failure or Ctrl-C: stop the files being decoded, drop the queued ones
+            stop.set()
+            for future in futures:
+                future.cancel()
+    errors = [future.exception() for future in futures if not future.cancelled() and future.exception() is not None]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+    return [future.result() for future in futures]
+
+
+class _Stopped(Exception):
+    """Another file failed or the user interrupted: this one stops decoding."""
+
+
+_plot_lock = threading.Lock()  # matplotlib is not thread-safe
+
+
+def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str, int, int], None] | None = None,
+                 pool: Executor | None = None, stop: threading.Event | None = None) -> dict:
+    """All metrics of one file as a row: {"file", "audio", "scores", "reasons", "details", "plot"}.
+
+    `pool`: a `motion.flow_pool` of `request.workers` threads shared with other files; `stop`: when set, decoding stops.
+    """
     from avtool.analysis import av_align, bas, beats
     from avtool.analysis.motion import motion_curve
 
@@ -144,11 +197,13 @@ def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str,
 
         def frame_done() -> None:
             nonlocal done
+            if stop is not None and stop.is_set():
+                raise _Stopped
             done += 1
             if on_progress is not None and done % 10 == 0:
                 on_progress(str(job.file), done, job.num_frames)
 
-        motion = motion_curve(job.file, request.workers, frame_done)
+        motion = motion_curve(job.file, request.workers, frame_done, pool)
         row["fps"], row["frames"] = motion.fps, len(motion.values)
 
     onsets = av_align.audio_onsets(audio_22k) if needs_onsets else None
@@ -191,7 +246,8 @@ def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str,
         from avtool.analysis.plot import plot_alignment
         from avtool.pipelines.common import write_record
 
-        row["plot"] = str(plot_alignment(job.plot, onsets, motion, results["av-align"], job.file.name))
+        with _plot_lock:
+            row["plot"] = str(plot_alignment(job.plot, onsets, motion, results["av-align"], job.file.name))
         write_record(job.plot, {**row, "libraries": {"librosa": librosa.__version__, "opencv": cv2.__version__},
                                  "timings": {"seconds": round(time.perf_counter() - started, 3)}})
     return row
