@@ -344,7 +344,7 @@ def eval_(
     metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric to compute; repeat for several. `all`: every metric the inputs allow. Default: av-align.")] = None,
     reference_audio: Annotated[Optional[list[Path]], typer.Option("--reference-audio", help="Ground-truth music for beat-coverage/beat-hit(-d2m): one, or one per input file.")] = None,
     joints: Annotated[Optional[Path], typer.Option("--joints", help="(T, J, 3) joint positions .npy of the single input file's dance, for bas.")] = None,
-    motion_fps: Annotated[float, typer.Option("--motion-fps", help="Frame rate of --joints, above 0 and at most 1000.")] = 60.0,
+    motion_fps: Annotated[float, typer.Option("--motion-fps", help="Frame rate of --joints, 1 to 1000.")] = 60.0,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="PNG of onset envelope, motion curve, peaks and matched pairs; with many files OUT_<stem>.png each.", dir_okay=False)] = None,
     *,
     json: bool,
@@ -383,15 +383,27 @@ def eval_(
             bar.update(tasks[file], completed=done)
 
         result = evaluate(request, on_progress)
+    for row in result["files"]:
+        for warning in row["warnings"]:
+            say(f"warning: {warning}", quiet)
     if json:
         print_json(result)
-        return
-    _print_eval_table(result)
-    for row in result["files"]:
-        for name, reason in row.get("reasons", {}).items():
-            say(f"{row['file']}: {name} undefined: {reason}", quiet)
-        if row["plot"]:
-            say(f"plot: {row['plot']}", quiet)
+    else:
+        _print_eval_table(result)
+        for row in result["files"]:
+            if "error" not in row:
+                for name, reason in row.get("reasons", {}).items():
+                    say(f"{row['file']}: {name} undefined: {reason}", quiet)
+            if row["plot"]:
+                say(f"plot: {row['plot']}", quiet)
+    failed = [row for row in result["files"] if "error" in row]
+    for row in failed:
+        _print_error(row["error"], None)
+    if failed:
+        from avtool.errors import BadInput
+        from avtool.pipelines.common import JobsFailed
+
+        raise JobsFailed(len(failed), len(result["files"]), BadInput(failed[0]["error"]), "files")
 
 
 def _print_eval_table(result: dict) -> None:

@@ -131,3 +131,40 @@ def test_bad_inputs_exit_2_with_one_line(avtool, media, tmp_path, make_args, mes
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(".*partial*"))
+
+
+def test_many_files_one_bad_every_file_gets_its_row_and_the_exit_code_says_so(avtool, media, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    result = avtool("eval", media["with_audio"], broken, media["no_audio"], "--json")
+    assert result.returncode == 2, result.stderr
+    rows = strict_json(result.stdout)["files"]
+    assert [("error" in row, row["scores"]["av-align"] is None) for row in rows] == [(False, False), (True, True), (True, True)]
+    assert "not a readable audio/video file" in rows[1]["reasons"]["av-align"] and "has no audio track" in rows[2]["error"]
+    alone = strict_json(avtool("eval", media["with_audio"], "--json").stdout)["files"][0]
+    assert rows[0]["scores"] == alone["scores"]  # the good file's score is what it is on its own
+    assert "2 of 3 files failed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_audio_and_video_of_different_lengths_are_scored_with_a_warning(avtool, media, tmp_path):
+    short_audio = write_wav(tmp_path / "short.wav", click_track(np.array([0.2, 0.6]), 1.0))
+    result = avtool("eval", media["bursts"], "--audio", short_audio, "--json")
+    assert result.returncode == 0, result.stderr
+    [row] = strict_json(result.stdout)["files"]
+    assert len(row["warnings"]) == 1 and "the audio lasts 1.00 s and the video 3.00 s" in row["warnings"][0]
+    assert "warning:" in result.stderr
+    assert strict_json(avtool("eval", media["with_audio"], "--json").stdout)["files"][0]["warnings"] == []
+
+
+def test_an_unwritable_plot_fails_before_any_decoding(avtool, media, tmp_path):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    result = avtool("eval", media["with_audio"], "--plot", tmp_path / "blocker" / "p.png")
+    assert result.returncode == 2 and "blocker: cannot write files there" in result.stderr
+    assert "--output-dir" not in result.stderr  # hints name only options that exist
+
+
+@pytest.mark.parametrize("fps", ["inf", "1e300", "5e-324", "nan", "0"])
+def test_motion_fps_out_of_range_exits_2(avtool, media, tmp_path, fps):
+    np.save(tmp_path / "dance.npy", np.zeros((150, 24, 3)))
+    result = avtool("eval", media["clicks"], "--joints", tmp_path / "dance.npy", "--metric", "bas", "--motion-fps", fps)
+    assert result.returncode == 2 and "--motion-fps" in result.stderr and "Traceback" not in result.stderr

@@ -44,6 +44,7 @@ import numpy as np
 
 from avtool.errors import BadInput
 from avtool.media import check_input_file
+from avtool.media.ffmpeg import file_url
 
 FARNEBACK_PARAMS = (0.5, 3, 15, 3, 5, 1.2, 0)  # pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags
 PAIRS_IN_FLIGHT_PER_WORKER = 2
@@ -97,7 +98,7 @@ def motion_curve(path: str | os.PathLike, workers: int | None = None, on_frame: 
     workers = workers or default_workers()
     _keep_freed_memory()
     with _one_opencv_thread():
-        capture = cv2.VideoCapture(str(path))
+        capture = cv2.VideoCapture(file_url(path), cv2.CAP_FFMPEG)  # file:/abs/path: never read as another protocol
         try:
             if not capture.isOpened():
                 raise BadInput(f"{path}: OpenCV cannot open the video stream", hint="check that the file has a video track")

@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from avtool.errors import BadInput
-from avtool.media import load_audio, probe
+from avtool.media import ensure_output_dir, load_audio, probe
 
 METRICS = ("av-align", "av-align-2023", "beat-coverage", "beat-hit", "beat-coverage-d2m", "beat-hit-d2m", "bas")
 DEFAULT_METRICS = ("av-align",)
-MAX_MOTION_FPS = 1000.0
+LENGTH_TOLERANCE = 1.0  # seconds between the audio's and the video's lengths before a warning
+MIN_MOTION_FPS, MAX_MOTION_FPS = 1.0, 1000.0
 VIDEO_METRICS = ("av-align", "av-align-2023")
 REFERENCE_METRICS = ("beat-coverage", "beat-hit", "beat-coverage-d2m", "beat-hit-d2m")
 FILES_IN_FLIGHT = 2  # enough for the next file's decoding and audio to fill the cores while one file's last flows finish
@@ -59,10 +60,12 @@ class EvalJob:
     reference_audio: Path | None
     joints: Path | None
     plot: Path | None
+    warnings: list[str] = field(default_factory=list)  # e.g. audio and video lengths that differ by more than 1 s
 
 
-def plan_jobs(request: EvalRequest) -> list[EvalJob]:
-    """Validate every input and option; one job per file. Raises BadInput naming the file and the problem."""
+def plan_jobs(request: EvalRequest) -> list[EvalJob | FailedFile]:
+    """Validate every input and option; one job per file. Raises BadInput naming the file and the problem; with
+    several files, a file's own problem makes it a FailedFile instead, and the others are scored."""
     if not request.files:
         raise BadInput("no input files", hint="avtool eval VIDEO [...]")
     unknown = [m for m in request.metrics if m not in (*METRICS, "all")]
@@ -74,8 +77,8 @@ def plan_jobs(request: EvalRequest) -> list[EvalJob]:
             raise BadInput(f"{option} applies to one input file, got {len(request.files)}")
     if len(request.reference_audio) not in (0, 1, len(request.files)):
         raise BadInput(f"--reference-audio: give one, or one per input file ({len(request.files)})")
-    if not 0 < request.motion_fps <= MAX_MOTION_FPS:
-        raise BadInput(f"--motion-fps {request.motion_fps:g}: must be above 0 and at most {MAX_MOTION_FPS:g}")
+    if not MIN_MOTION_FPS <= request.motion_fps <= MAX_MOTION_FPS:
+        raise BadInput(f"--motion-fps {request.motion_fps:g}: must be from {MIN_MOTION_FPS:g} to {MAX_MOTION_FPS:g}")
     if request.plot is not None and request.plot.suffix.lower() != ".png":
         raise BadInput(f"--plot {request.plot}: must name a .png file")
     if request.joints is not None:
@@ -83,37 +86,66 @@ def plan_jobs(request: EvalRequest) -> list[EvalJob]:
     for path in request.reference_audio:
         probe(path).require_audio()
 
+    if request.plot is not None:
+        ensure_output_dir(request.plot.parent)  # before any decoding: a plot that cannot be written fails now
+    jobs: list[EvalJob | FailedFile] = []
+    for index, path in enumerate(request.files):
+        try:
+            jobs.append(_plan_file(request, index, path))
+        except BadInput as error:
+            if len(request.files) == 1:
+                raise
+            jobs.append(FailedFile(path, error))  # many files, one bad: the others are still scored
+    return jobs
+
+
+def _plan_file(request: EvalRequest, index: int, path: Path) -> EvalJob:
     needs = {m: ["video", "audio"] for m in VIDEO_METRICS}
     needs.update({m: ["audio", "reference"] for m in REFERENCE_METRICS})
     needs["bas"] = ["audio"] if request.joints else ["video", "audio"]
-    jobs = []
-    for index, path in enumerate(request.files):
-        info = probe(path)
-        num_frames = info.video.num_frames if info.video is not None else 0
-        audio = request.audio or path
-        has_audio = (probe(request.audio) if request.audio else info).audio is not None
-        reference = request.reference_audio[index if len(request.reference_audio) > 1 else 0] if request.reference_audio else None
-        missing = {
-            "video": None if num_frames >= 2 else (f"{path}: has no video track" if num_frames == 0
-                                                   else f"{path}: has {num_frames} frame; optical flow needs at least two"),
-            "audio": None if has_audio else f"{audio}: has no audio track" + ("" if request.audio else "; give --audio"),
-            "reference": None if reference else "needs --reference-audio",
-        }
-        if request.metrics == ["all"]:
-            metrics = [m for m in METRICS if not any(missing[n] for n in needs[m])]
-            if not metrics:
-                raise BadInput(f"{path}: no metric applies", hint=next(msg for msg in missing.values() if msg))
-        else:
-            metrics = list(dict.fromkeys(request.metrics))
-            for metric in metrics:
-                problem = next((missing[n] for n in needs[metric] if missing[n]), None)
-                if problem:
-                    raise BadInput(f"{metric}: {problem}", hint="`avtool eval --help` says what each metric needs")
-        if request.plot is not None and (missing["audio"] or missing["video"]):
-            raise BadInput(f"--plot: {missing['video'] or missing['audio']}", hint="the plot needs audio and video")
-        jobs.append(EvalJob(path, Path(audio), metrics, num_frames, Path(reference) if reference else None,
-                            request.joints, _plot_path(request.plot, request.files, index)))
-    return jobs
+    info = probe(path)
+    num_frames = info.video.num_frames if info.video is not None else 0
+    audio = request.audio or path
+    audio_info = (probe(request.audio) if request.audio else info).audio
+    reference = request.reference_audio[index if len(request.reference_audio) > 1 else 0] if request.reference_audio else None
+    missing = {
+        "video": None if num_frames >= 2 else (f"{path}: has no video track" if num_frames == 0
+                                               else f"{path}: has {num_frames} frame; optical flow needs at least two"),
+        "audio": None if audio_info is not None else f"{audio}: has no audio track" + ("" if request.audio else "; give --audio"),
+        "reference": None if reference else "needs --reference-audio",
+    }
+    if request.metrics == ["all"]:
+        metrics = [m for m in METRICS if not any(missing[n] for n in needs[m])]
+        if not metrics:
+            raise BadInput(f"{path}: no metric applies", hint=next(msg for msg in missing.values() if msg))
+    else:
+        metrics = list(dict.fromkeys(request.metrics))
+        for metric in metrics:
+            problem = next((missing[n] for n in needs[metric] if missing[n]), None)
+            if problem:
+                raise BadInput(f"{metric}: {problem}", hint="`avtool eval --help` says what each metric needs")
+    if request.plot is not None and (missing["audio"] or missing["video"]):
+        raise BadInput(f"--plot: {missing['video'] or missing['audio']}", hint="the plot needs audio and video")
+    warnings = []
+    if info.video is not None and audio_info is not None and abs(info.video.duration - audio_info.duration) > LENGTH_TOLERANCE:
+        warnings.append(f"{path}: the audio lasts {audio_info.duration:.2f} s and the video {info.video.duration:.2f} s; "
+                        "scores compare them over different lengths")
+    return EvalJob(path, Path(audio), metrics, num_frames, Path(reference) if reference else None,
+                   request.joints, _plot_path(request.plot, request.files, index), warnings)
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """An input file that cannot be scored (with several inputs, the others still are)."""
+
+    file: Path
+    error: BadInput
+
+    def row(self, metrics: list[str]) -> dict:
+        """A result row with every requested metric undefined, for the reason the file failed."""
+        names = METRICS if metrics == ["all"] else metrics
+        return {"file": str(self.file), "audio": None, "scores": dict.fromkeys(names), "reasons": dict.fromkeys(names, self.error.message),
+                "details": {}, "plot": None, "warnings": [], "error": self.error.message}
 
 
 def evaluate(request: EvalRequest, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
@@ -121,8 +153,10 @@ def evaluate(request: EvalRequest, on_progress: Callable[[str, int, int], None] 
 
     `on_progress(file, frames_done, frames_total)` is called while a video is decoded.
     """
-    jobs = plan_jobs(request)
-    rows = _run_jobs(jobs, request, on_progress)
+    planned = plan_jobs(request)
+    jobs = [job for job in planned if isinstance(job, EvalJob)]
+    scored_rows = iter(_run_jobs(jobs, request, on_progress) if jobs else [])
+    rows = [job.row(request.metrics) if isinstance(job, FailedFile) else next(scored_rows) for job in planned]
     names = list(dict.fromkeys(name for row in rows for name in row["scores"]))
     mean, scored = {}, {}
     for name in names:
@@ -134,7 +168,8 @@ def evaluate(request: EvalRequest, on_progress: Callable[[str, int, int], None] 
 
 def _run_jobs(jobs: list[EvalJob], request: EvalRequest, on_progress: Callable[[str, int, int], None] | None) -> list[dict]:
     """The jobs' rows in input order. Several files share one Farneback pool and `FILES_IN_FLIGHT` run at once;
-    when one fails, the others stop at their next frame and its error is raised."""
+    a file that turns out unreadable gets a failed row; on an internal error or Ctrl-C the others stop at their
+    next frame and the error is raised."""
     if len(jobs) == 1:
         return [evaluate_job(jobs[0], request, on_progress)]
     from avtool.analysis.motion import flow_pool
@@ -150,6 +185,8 @@ def _run_jobs(jobs: list[EvalJob], request: EvalRequest, on_progress: Callable[[
             if stop.is_set():
                 raise _Stopped
             return evaluate_job(job, request, on_progress and progress, flows, stop)
+        except BadInput as error:  # this file's problem: its row says so, the others go on
+            return FailedFile(job.file, error).row(job.metrics)
         except BaseException:
             stop.set()
             raise
@@ -186,7 +223,8 @@ def evaluate_job(job: EvalJob, request: EvalRequest, on_progress: Callable[[str,
     from avtool.analysis.motion import motion_curve
 
     started = time.perf_counter()
-    row: dict = {"file": str(job.file), "audio": str(job.audio), "scores": {}, "reasons": {}, "details": {}, "plot": None}
+    row: dict = {"file": str(job.file), "audio": str(job.audio), "scores": {}, "reasons": {}, "details": {}, "plot": None,
+                 "warnings": job.warnings}
     needs_video = bool(set(job.metrics) & set(VIDEO_METRICS)) or job.plot is not None or ("bas" in job.metrics and job.joints is None)
     needs_onsets = bool(set(job.metrics) & set(VIDEO_METRICS)) or job.plot is not None
     audio_22k = _load_mono(job.audio, av_align.AUDIO_SR) if needs_onsets or set(job.metrics) & set(REFERENCE_METRICS) else None
