@@ -171,7 +171,7 @@ def test_tiny_wav2vec_layout_loads_with_transformers(tiny_weights):
 
 
 def test_tiny_builds_are_deterministic_and_small(tiny_weights, tmp_path):
-    build_tiny(tmp_path, ["mochi-1-preview", "musicinfuser"])
+    build_tiny(tmp_path, ["mochi-1-preview", "musicinfuser", "vidmuse"])  # what the tiny_weights fixture holds
 
     def digest(path: Path) -> str:
         if path.suffix != ".safetensors":
@@ -187,7 +187,7 @@ def test_tiny_builds_are_deterministic_and_small(tiny_weights, tmp_path):
 
     first, second = digests(tiny_weights), digests(tmp_path)
     assert first == second and len(first) > 15
-    assert sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()) < 8_000_000
+    assert sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()) < 16_000_000
 
 
 @pytest.mark.parametrize("shard_size", ["200KB", "10GB"])
