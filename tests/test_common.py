@@ -228,3 +228,27 @@ def test_weights_record_reads_manifest_hashes_and_hashes_only_unlisted_files(tmp
     record = weights_record({"m": [folder / "big.safetensors", folder / "extra.json"]})
     assert record == {"m": {str(folder / "big.safetensors"): "from-manifest",
                             str(folder / "extra.json"): hashlib.sha256(b"{}").hexdigest()}}
+
+
+def test_outputs_that_would_overwrite_are_refused_before_anything_loads(tmp_path):
+    from avtool.pipelines.common import check_output
+
+    song = tmp_path / "song.mp4"
+    song.write_bytes(b"the input")
+    (tmp_path / "link.mp4").symlink_to(song)
+    for output in (song, tmp_path / "link.mp4"):
+        with pytest.raises(BadInput, match="is the input"):
+            check_output(Job({"music": song}, 1, output), replace=True)  # never, even with --overwrite
+    taken = tmp_path / "taken.mp4"
+    taken.write_bytes(b"someone's")
+    with pytest.raises(BadInput, match="taken.mp4: exists"):
+        check_output(Job({"music": song}, 1, taken), replace=False)
+    check_output(Job({"music": song}, 1, taken), replace=True)
+    taken.chmod(0o444)
+    with pytest.raises(BadInput, match="read-only"):
+        check_output(Job({"music": song}, 1, taken), replace=True)
+    (tmp_path / "x.mp4.json").mkdir()
+    with pytest.raises(BadInput, match="x.mp4.json: is a folder"):
+        check_output(Job({"music": song}, 1, tmp_path / "x.mp4"), replace=False)
+    with pytest.raises(BadInput, match="writes .mp4 files"):
+        plan_jobs(music("song.mp3"), GenerationOptions(output=tmp_path / "out.wav", seeds=[1]), "_x")

@@ -133,7 +133,7 @@ def check_output(job: Job, replace: bool) -> None:
             raise BadInput(f"{output}: is the input {value}; an input is never overwritten", hint="choose another -o or --output-dir")
     if output.exists() and not replace:
         raise BadInput(f"{output}: exists", hint="--overwrite replaces it; --skip-existing redoes only unfinished outputs")
-    if output.exists() and not os.access(output, os.W_OK):
+    if output.exists() and not (output.stat().st_mode & 0o222 and os.access(output, os.W_OK)):  # mode bits: root too
         raise BadInput(f"{output}: exists and is read-only", hint="change its permissions or choose another output name")
     folder = next(p for p in (output.absolute().parent, *output.absolute().parents) if p.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):

@@ -474,7 +474,7 @@ def sample_latents(step, noise, sigmas, text, text_mask, audio, quiet: bool = Fa
     with progress(quiet) as bar, torch.inference_mode():
         task = bar.add_task("sampling", total=len(sigmas) - 1)
         return sample_euler_flow(step, noise, sigmas, extra_args={"text": text, "text_mask": text_mask, "audio_features": audio},
-                                 callback=lambda state: bar.advance(task))
+                                 callback=None if bar.disable else lambda state: bar.advance(task))
 
 
 def decode_latents(vae, latents, quiet: bool = False) -> np.ndarray:

@@ -31,11 +31,12 @@ def sample_euler_flow(
     is `x + sigma * v`.
     """
     extra_args = extra_args or {}
+    step_sizes = sigmas[:-1] - sigmas[1:]
     for i in range(len(sigmas) - 1):
         velocity = denoise(x, sigmas[i], **extra_args)
         if callback is not None:
             callback({"i": i, "x": x, "sigma": sigmas[i], "denoised": x + sigmas[i] * velocity})
-        x = x + (sigmas[i] - sigmas[i + 1]) * velocity
+        x = x + step_sizes[i] * velocity
     return x
 
 # v-objective diffusion on the cosine (half-circle) schedule: audio-diffusion-pytorch's `VSampler`. Dance2Music-Diffusion
