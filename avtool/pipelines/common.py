@@ -50,14 +50,24 @@ class GenerationOptions:
         """Refuse malformed shared options before anything loads."""
         check_device(self.device)
         check_dtype(self.dtype)
-        if self.generator not in GENERATORS:
-            raise BadInput(f"--generator {self.generator}: expected one of {', '.join(GENERATORS)}")
+        check_choice("--generator", self.generator, GENERATORS)
         for seed in self.seeds:
             if not 0 <= seed <= MAX_SEED:
                 raise BadInput(f"--seed {seed}: must be between 0 and {MAX_SEED}")
-        if self.steps is not None and not min_steps <= self.steps <= MAX_STEPS:
-            raise BadInput(f"--steps {self.steps}: must be from {min_steps} to {MAX_STEPS}")
+        if self.steps is not None:
+            check_range("--steps", self.steps, min_steps, MAX_STEPS)
         resolve_shard(self.shard)
+
+
+def check_range(option: str, value: float, low: float, high: float, note: str = "") -> None:
+    """Refuse (exit 2) `option VALUE` outside [low, high], NaN included; `note` qualifies the range ("0 is off")."""
+    if not low <= value <= high:
+        raise BadInput(f"{option} {value:g}: must be from {low:g} to {high:g}{f' ({note})' if note else ''}")
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BadInput(f"{option} {value}: expected one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,18 @@ from avtool.errors import BadInput
 from avtool.media import AudioStreamInfo, load_audio, probe, write_video
 from avtool.media.resample import sinc_resample_window, sinc_window_bounds
 from avtool.media.video import fit_length
-from avtool.pipelines.common import GenerationOptions, Job, Rendered, RunInfo, options_record, plan_jobs, run_jobs, weights_record
+from avtool.pipelines.common import (
+    GenerationOptions,
+    Job,
+    Rendered,
+    RunInfo,
+    check_choice,
+    check_range,
+    options_record,
+    plan_jobs,
+    run_jobs,
+    weights_record,
+)
 from avtool.runtime import (
     RUNNER_MODES,
     Shard,
@@ -50,6 +61,7 @@ MIN_FRAMES, MAX_FRAMES = 7, 997
 MAX_SIZE = 4096
 MIN_FPS, MAX_FPS = 1.0, 240.0
 MAX_CFG = 100.0
+MAX_START = 24 * 3600.0
 MODEL_FPS = 30  # the excerpt covers num_frames at the 30 fps MusicInfuser was trained on, whatever --fps says
 EXCERPT_PAD_SECONDS = 0.09  # upstream's excerpt is num_frames/30 + 0.09 s (a convention shared with its preprocessing)
 SILENCE_DBFS = -60.0
@@ -211,14 +223,11 @@ def check_options(request: DanceRequest, opts: GenerationOptions) -> None:
         if value is not None and (not step <= value <= MAX_SIZE or value % step):
             nearest = _nearest(min(max(value, step), MAX_SIZE), step, 0)
             raise BadInput(f"{name} {value}: must be a multiple of {step} from {step} to {MAX_SIZE}; nearest valid: {nearest}")
-    if not MIN_FPS <= request.fps <= MAX_FPS:
-        raise BadInput(f"--fps {request.fps:g}: must be from {MIN_FPS:g} to {MAX_FPS:g}")
-    if not 0 <= request.cfg_scale <= MAX_CFG:
-        raise BadInput(f"--cfg-scale {request.cfg_scale:g}: must be from 0 to {MAX_CFG:g}")
-    if request.start is not None and not (math.isfinite(request.start) and request.start >= 0):
-        raise BadInput(f"--start {request.start:g}: must be a time in seconds, 0 or more")
-    if request.runner not in RUNNER_MODES:
-        raise BadInput(f"--runner {request.runner}: expected one of {', '.join(RUNNER_MODES)}")
+    check_range("--fps", request.fps, MIN_FPS, MAX_FPS)
+    check_range("--cfg-scale", request.cfg_scale, 0, MAX_CFG)
+    if request.start is not None:
+        check_range("--start", request.start, 0, MAX_START, "seconds into the file")
+    check_choice("--runner", request.runner, RUNNER_MODES)
 
 
 def _nearest(value: int, multiple: int, offset: int) -> str:

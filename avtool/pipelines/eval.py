@@ -27,6 +27,7 @@ import numpy as np
 
 from avtool.errors import BadInput
 from avtool.media import ensure_output_dir, load_audio, probe
+from avtool.pipelines.common import check_range
 
 METRICS = ("av-align", "av-align-2023", "beat-coverage", "beat-hit", "beat-coverage-d2m", "beat-hit-d2m", "bas")
 DEFAULT_METRICS = ("av-align",)
@@ -77,8 +78,7 @@ def plan_jobs(request: EvalRequest) -> list[EvalJob | FailedFile]:
             raise BadInput(f"{option} applies to one input file, got {len(request.files)}")
     if len(request.reference_audio) not in (0, 1, len(request.files)):
         raise BadInput(f"--reference-audio: give one, or one per input file ({len(request.files)})")
-    if not MIN_MOTION_FPS <= request.motion_fps <= MAX_MOTION_FPS:
-        raise BadInput(f"--motion-fps {request.motion_fps:g}: must be from {MIN_MOTION_FPS:g} to {MAX_MOTION_FPS:g}")
+    check_range("--motion-fps", request.motion_fps, MIN_MOTION_FPS, MAX_MOTION_FPS)
     if request.plot is not None and request.plot.suffix.lower() != ".png":
         raise BadInput(f"--plot {request.plot}: must name a .png file")
     if request.joints is not None:

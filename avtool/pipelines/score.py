@@ -31,7 +31,9 @@ from avtool.pipelines.common import (
     Job,
     Rendered,
     RunInfo,
+    check_choice,
     check_output,
+    check_range,
     options_record,
     plan_jobs,
     run_jobs,
@@ -47,6 +49,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 GLOBAL_FRAMES = 32  # frames spread over the whole video for the long-term stream (the app's `global_num_frames`)
 MAX_DURATION, EXTEND_STRIDE = 30.0, 29.5  # seconds per window, seconds between window starts (0.5 s prompt overlap)
 MAX_TOP_K, MAX_CFG, MAX_TEMPERATURE = 2048, 100.0, 10.0
+MAX_DURATION_OPTION = 24 * 3600.0
 TARGET_LUFS = -16.0
 MODEL_OF_FOLDER = {VIDMUSE_FOLDER: "vidmuse", ENCODEC_FOLDER: "vidmuse", CLIP_FOLDER: "vidmuse"}
 
@@ -210,20 +213,14 @@ def check_options(request: ScoreRequest, opts: GenerationOptions) -> None:
     if opts.steps is not None:
         raise BadInput(f"--steps {opts.steps}: score samples one token at a time; it has no steps",
                        hint="--duration sets how much music is made")
-    if request.model not in MODELS:
-        raise BadInput(f"--model {request.model}: expected one of {', '.join(MODELS)}")
-    if not 0 <= request.top_k <= MAX_TOP_K:
-        raise BadInput(f"--top-k {request.top_k}: must be from 0 (off) to {MAX_TOP_K}")
-    if not 0 <= request.top_p <= 1:
-        raise BadInput(f"--top-p {request.top_p:g}: must be from 0 (off) to 1")
-    if not 0 <= request.temperature <= MAX_TEMPERATURE:
-        raise BadInput(f"--temperature {request.temperature:g}: must be from 0 (greedy) to {MAX_TEMPERATURE:g}")
-    if not 0 <= request.cfg_scale <= MAX_CFG:
-        raise BadInput(f"--cfg-scale {request.cfg_scale:g}: must be from 0 to {MAX_CFG:g}")
-    if request.duration is not None and not (math.isfinite(request.duration) and request.duration >= 1):
-        raise BadInput(f"--duration {request.duration:g}: must be at least 1 second")
-    if request.runner not in RUNNER_MODES:
-        raise BadInput(f"--runner {request.runner}: expected one of {', '.join(RUNNER_MODES)}")
+    check_choice("--model", request.model, MODELS)
+    check_range("--top-k", request.top_k, 0, MAX_TOP_K, "0 is off")
+    check_range("--top-p", request.top_p, 0, 1, "0 is off")
+    check_range("--temperature", request.temperature, 0, MAX_TEMPERATURE, "0 is greedy")
+    check_range("--cfg-scale", request.cfg_scale, 0, MAX_CFG)
+    if request.duration is not None:
+        check_range("--duration", request.duration, 1, MAX_DURATION_OPTION, "seconds")
+    check_choice("--runner", request.runner, RUNNER_MODES)
 
 
 def collect_videos(inputs: list[Path]) -> list[Path]:
