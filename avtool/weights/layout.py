@@ -169,12 +169,3 @@ class WeightsCheck:
         paths = list(dict.fromkeys(paths))
         more = f" (+{len(paths) - 3} more)" if len(paths) > 3 else ""
         raise WeightsError(f"missing weights: {', '.join(paths[:3])}{more}", hint=hint)
-
-
-def require_files(weights_dir: str | os.PathLike, folder: str, files: list[str], model: str) -> Path:
-    """Return `weights_dir/folder` after checking that each of `files` (relative to it) exists and is non-empty."""
-    check = WeightsCheck(weights_dir)
-    for name in files:
-        check.file(model, f"{folder}/{name}")
-    check.raise_if_missing()
-    return Path(weights_dir) / folder
