@@ -76,13 +76,14 @@ def resolve_device(spec: str, shard: Shard | None = None) -> str:
     return spec
 
 
-def resolve_dtype(spec: str, device: str):
-    """'auto' | 'fp32' | 'bf16' | 'fp16' -> a torch dtype; auto is bf16 on CUDA and fp32 on CPU."""
+def resolve_dtype(spec: str, device: str, auto_on_cuda: str = "bf16"):
+    """'auto' | 'fp32' | 'bf16' | 'fp16' -> a torch dtype; auto is `auto_on_cuda` (the model's upstream precision)
+    on CUDA and fp32 on CPU."""
     check_dtype(spec)
     import torch
 
     if spec == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        spec = auto_on_cuda if device.startswith("cuda") else "fp32"
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec]
 
 

@@ -10,6 +10,7 @@ once. Importing this module imports no torch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -26,6 +27,9 @@ from avtool.ui import say
 
 Models = TypeVar("Models")
 MAX_STEPS = 1000
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".aac", *VIDEO_SUFFIXES)
+SILENCE_DBFS = -60.0
 
 
 @dataclass
@@ -68,6 +72,32 @@ def check_range(option: str, value: float, low: float, high: float, note: str = 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise BadInput(f"{option} {value}: expected one of {', '.join(choices)}")
+
+
+def collect_files(inputs: list[Path], suffixes: tuple[str, ...], kind: str) -> list[Path]:
+    """The input files, with a folder standing for the files directly in it whose suffix is in `suffixes`
+    (upstream's `--video_dir`-style runs; a cron job's drop folder). `kind` names them in the error."""
+    files = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+            if not found:
+                raise BadInput(f"{path}: a folder with no {kind} file ({', '.join(suffixes)})")
+            files += found
+        else:
+            files.append(path)
+    return list(dict.fromkeys(files))
+
+
+def check_not_silent(path: Path, samples: Any, start: float, seconds: float) -> None:
+    """Refuse (exit 2) an audio excerpt (a numpy array) below -60 dBFS RMS: the video would follow silence."""
+    import numpy as np
+
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+    level = 20 * math.log10(rms) if rms > 0 else -math.inf
+    if level < SILENCE_DBFS:
+        raise BadInput(f"{path}: the excerpt {start:.2f}-{start + seconds:.2f} s is silent ({level:.0f} dBFS)",
+                       hint="choose another --start (or --seed), or check the file's audio")
 
 
 @dataclass(frozen=True)

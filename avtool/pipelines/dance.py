@@ -33,6 +33,7 @@ from avtool.pipelines.common import (
     Rendered,
     RunInfo,
     check_choice,
+    check_not_silent,
     check_range,
     options_record,
     plan_jobs,
@@ -64,7 +65,6 @@ MAX_CFG = 100.0
 MAX_START = 24 * 3600.0
 MODEL_FPS = 30  # the excerpt covers num_frames at the 30 fps MusicInfuser was trained on, whatever --fps says
 EXCERPT_PAD_SECONDS = 0.09  # upstream's excerpt is num_frames/30 + 0.09 s (a convention shared with its preprocessing)
-SILENCE_DBFS = -60.0
 UPSTREAM_SAMPLE_RATE = 44100  # upstream re-encodes every song to 44.1 kHz before drawing the excerpt start
 WAV2VEC_RATE = 16000
 TEXT_TOKENS = 256
@@ -187,7 +187,7 @@ def render_job(models: DanceModels, job: Job, songs: dict[Path, AudioStreamInfo]
     start_sample = excerpt_start(songs[song], request, job.seed)
     start = songs[song].start + start_sample / UPSTREAM_SAMPLE_RATE  # in the file's timeline
     excerpt, sample_rate = music_excerpt(song, songs[song], request, start_sample)
-    check_not_silent(song, excerpt, start, request)
+    check_not_silent(song, excerpt, start, excerpt_seconds(request))
     audio = models.wav2vec(wav2vec_input(song, songs[song], request, start_sample)).to(models.device, models.text.dtype)
     timings["features"] = clock.lap()
 
@@ -379,16 +379,6 @@ def music_excerpt(path: Path, song: AudioStreamInfo, request: DanceRequest, star
     first, length = round(start * rate / UPSTREAM_SAMPLE_RATE), math.ceil(rate * excerpt_seconds(request))
     samples, rate = load_audio(path, mono=False, start=song.start + first / rate, duration=length / rate)
     return fit_length(samples, length), rate
-
-
-def check_not_silent(path: Path, excerpt: np.ndarray, start: float, request: DanceRequest) -> None:
-    """Refuse (exit 2) an excerpt below -60 dBFS RMS: the dance would follow silence."""
-    rms = float(np.sqrt(np.mean(np.square(excerpt, dtype=np.float64)))) if excerpt.size else 0.0
-    level = 20 * math.log10(rms) if rms > 0 else -math.inf
-    if level < SILENCE_DBFS:
-        window = f"{start:.2f}-{start + excerpt_seconds(request):.2f} s"
-        raise BadInput(f"{path}: the excerpt {window} is silent ({level:.0f} dBFS)",
-                       hint="choose another --start or --seed, or check the file's audio")
 
 
 def wav2vec_input(path: Path, song: AudioStreamInfo, request: DanceRequest, start: int) -> np.ndarray:

@@ -27,6 +27,13 @@ WAV2VEC_FOLDER = "wav2vec2-base-960h"
 VIDMUSE_FOLDER = "vidmuse"
 ENCODEC_FOLDER = "encodec_32khz"
 CLIP_FOLDER = "clip-vit-base-patch32"
+# TempoTokens (`avtool tokens`): zeroscope in the diffusers layout, the BEATs checkpoint, one mapper per dataset.
+ZEROSCOPE_FOLDER = "zeroscope_v2_576w"
+BEATS_FOLDER = "beats"
+BEATS_FILE = "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt"
+TEMPOTOKENS_FOLDER = "tempotokens"
+MAPPER_FILE = "learned_embeds.pth"
+MAPPERS = ("vggsound", "landscape", "audioset_drum")  # upstream's models/<dataset>/learned_embeds.pth
 VARIANTS = ("bf16", "fp16")
 
 

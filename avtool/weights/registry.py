@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from avtool.errors import BadInput
+from avtool.weights.layout import BEATS_FILE, BEATS_FOLDER, MAPPER_FILE, MAPPERS, TEMPOTOKENS_FOLDER, ZEROSCOPE_FOLDER
 
 
 @dataclass(frozen=True)
@@ -146,27 +147,27 @@ _MODELS = [
         id="tempotokens",
         components=(
             Component(
-                folder="zeroscope_v2_576w",
+                folder=ZEROSCOPE_FOLDER,
                 repo="cerspense/zeroscope_v2_576w",
                 allow=("model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "unet/*", "vae/*"),
                 approx_gb=7.0,
                 licence="CC-BY-NC-4.0 (not verified)",
             ),
             Component(
-                folder="beats",
+                folder=BEATS_FOLDER,
                 url="https://valle.blob.core.windows.net/share/BEATs/BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt"
                 "?sv=2020-08-04&st=2023-03-01T07%3A51%3A05Z&se=2033-03-02T07%3A51%3A00Z&sr=c&sp=rl"
                 "&sig=QJXmSJG9DbMKf48UDIU1MfzIro8HQOf3sqlNXiflY1I%3D",
-                files=("BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt",),
+                files=(BEATS_FILE,),
                 approx_gb=0.36,
                 licence="MIT (microsoft/unilm)",
             ),
             Component(
-                folder="tempotokens",
-                files=("learned_embeds.pth",),
-                manual="the TempoTokens mapper weights (`learned_embeds.pth`) are not on the hub: get them from the "
-                "links in the README of https://github.com/guyyariv/TempoTokens",
-                approx_gb=0.13,
+                folder=TEMPOTOKENS_FOLDER,
+                files=tuple(f"{mapper}/{MAPPER_FILE}" for mapper in MAPPERS),
+                manual="the TempoTokens mappers (`models/<dataset>/learned_embeds.pth`) are not on the hub: get them from "
+                "the links in the README of https://github.com/guyyariv/TempoTokens and keep the dataset folders",
+                approx_gb=0.4,
                 licence="MIT (repository)",
             ),
         ),
