@@ -326,9 +326,42 @@ def animate(inputs: Inputs = None, *, json: bool, quiet: bool, common: Generatio
 
 
 @command("tokens", generation=True)
-def tokens(inputs: Inputs = None, *, json: bool, quiet: bool, common: GenerationOptions) -> None:
-    """Audio (and optional text) to video through per-frame audio tokens (TempoTokens)."""
-    _not_available("tokens")
+def tokens(
+    inputs: Inputs = None,
+    mapper: Annotated[str, typer.Option("--mapper", help="Audio mapper: vggsound, landscape or audioset_drum (weights/tempotokens/<name>/), or a mapper .pth file.")] = "vggsound",
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text around the audio tokens, e.g. \"a drummer on stage\"; the tokens are appended unless the text places <temp> ... <class> itself (default: the audio tokens alone).", show_default=False)] = None,
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What guidance steers away from (default: the empty prompt, as upstream).")] = "",
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale, 0 to 100 (1: no guidance).")] = 25.0,
+    num_frames: Annotated[Optional[int], typer.Option("--num-frames", help="Frames to generate (default: --duration x --fps, else 24).", show_default=False)] = None,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the video, 1 to 240.")] = 12.0,
+    height: Annotated[Optional[int], typer.Option("--height", help="Height in pixels, a multiple of 8 (default: 384; tiny weights: their own).", show_default=False)] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Width in pixels, a multiple of 8 (default: 384; tiny weights: their own).", show_default=False)] = None,
+    start: Annotated[float, typer.Option("--start", help="Start of the audio window, in seconds into the audio.")] = 0.0,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of audio that drive the video (default: --num-frames / --fps, 2 s).", show_default=False)] = None,
+    window_size: Annotated[Optional[int], typer.Option("--window-size", help="Frames denoised at once; smaller than --num-frames (and dividing it) denoises long videos in round-robin windows.", show_default=False)] = None,
+    vae_batch_size: Annotated[int, typer.Option("--vae-batch-size", help="Frames per VAE decode (memory vs speed).")] = 8,
+    pool_dropout: Annotated[float, typer.Option("--pool-dropout", help="Dropout in the mapper's class-token pooling. Upstream keeps 0.5 on at inference, so a seed does not fix its videos; 0 (default) makes the seed decide everything.")] = 0.0,
+    runner: Annotated[str, typer.Option("--runner", help="Denoiser step runner: auto (cuda-graph on CUDA, eager on CPU), eager, compile or cuda-graph.")] = "auto",
+    *,
+    json: bool,
+    quiet: bool,
+    common: GenerationOptions,
+) -> None:
+    """Audio (and optional text) to video through per-frame audio tokens (TempoTokens on zeroscope).
+
+    Inputs are audio files (or videos with sound), or folders of them. Writes <stem>_tokens.mp4 with the audio window
+    muxed in. Defaults are upstream's: 24 frames at 12 fps from the first 2 s, 25 DPM-Solver++ steps, guidance 25.
+    """
+    from avtool.errors import BadInput
+    from avtool.pipelines.tokens import TokensRequest
+    from avtool.pipelines.tokens import tokens as run_tokens
+
+    if not inputs:
+        raise BadInput("no input: give one or more audio files (wav, mp3, flac, m4a, or a video with sound), or folders of them")
+    request = TokensRequest(mapper=mapper, prompt=prompt, negative_prompt=negative_prompt, guidance=guidance,
+                            num_frames=num_frames, fps=fps, height=height, width=width, start=start, duration=duration,
+                            window_size=window_size, vae_batch_size=vae_batch_size, pool_dropout=pool_dropout, runner=runner)
+    _report(run_tokens(inputs, request, common), json)
 
 
 @command("train")

@@ -13,6 +13,7 @@ BUILDERS: dict[str, str] = {
     "mochi-1-preview": "avtool.weights.tiny.mochi:build",
     "musicinfuser": "avtool.weights.tiny.musicinfuser:build",
     "vidmuse": "avtool.weights.tiny.vidmuse:build",
+    "tempotokens": "avtool.weights.tiny.tempotokens:build",
 }
 
 
