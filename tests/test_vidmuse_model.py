@@ -1,6 +1,6 @@
 """VidMuse model layer: tiny checkpoint in audiocraft's export layout, key conversion (full size on the meta device),
 LM and video maths against upstream's formulas written out on the raw upstream tensors, the cached CFG token step
-against a full recompute, the delay pattern, and EnCodec decoding."""
+against a full recompute and transformers' generate(), the delay pattern, and EnCodec decoding (one call, in chunks)."""
 
 import fractions
 import json
@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from transformers import CLIPVisionConfig, MusicgenForCausalLM
+from transformers import CLIPVisionConfig, GenerationConfig, MusicgenForCausalLM
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from avtool.errors import EXIT_WEIGHTS, WeightsError
 from avtool.models.vidmuse import (
@@ -155,6 +156,14 @@ def audiocraft_lm_logits(best: dict, num_heads: int, sequence: torch.Tensor, cro
     return torch.stack([x @ best[f"linears.{k}.weight"].T for k in range(codebooks)], dim=1)
 
 
+def musicgen_from_checkpoint(model, export) -> MusicgenForCausalLM:
+    """transformers' own MusicgenForCausalLM with the checkpoint's converted LM weights."""
+    musicgen = MusicgenForCausalLM(model.config.decoder_config()).eval()
+    converted = convert_state_dict(export["best_state"], model)
+    musicgen.load_state_dict({k.removeprefix("lm."): v for k, v in converted.items() if k.startswith("lm.")}, strict=True)
+    return musicgen
+
+
 @torch.no_grad()
 def test_lm_equals_musicgen_and_audiocraft_maths(model, export):
     generator = torch.Generator().manual_seed(0)
@@ -163,9 +172,7 @@ def test_lm_equals_musicgen_and_audiocraft_maths(model, export):
     ours = model.logits(sequence, video_emb)
     assert ours.shape == (2, K, 7, SPECIAL)
 
-    musicgen = MusicgenForCausalLM(model.config.decoder_config()).eval()
-    converted = convert_state_dict(export["best_state"], model)
-    musicgen.load_state_dict({k.removeprefix("lm."): v for k, v in converted.items() if k.startswith("lm.")}, strict=True)
+    musicgen = musicgen_from_checkpoint(model, export)
     reference = musicgen(input_ids=sequence.reshape(2 * K, 7), encoder_hidden_states=video_emb).logits
     torch.testing.assert_close(ours, reference.reshape(2, K, 7, -1))
     upstream = audiocraft_lm_logits(export["best_state"], model.config.num_heads, sequence, video_emb)
@@ -262,6 +269,31 @@ def test_cached_cfg_step_equals_full_recompute_across_windows(model):
         step.set_conditioning(torch.zeros(2, 26, 32))
 
 
+@torch.no_grad()
+def test_greedy_cfg_token_loop_equals_transformers_generate(model, export):
+    num_frames, scale = 40, 3.0
+    cond = model.cfg_conditioning(frames(4, 6), frames(2, 7))
+    prompt = torch.zeros(1, K, 0, dtype=torch.long)
+    step = VidMuseStep(model.lm, rows=2, max_steps=num_frames + K - 1, max_video_tokens=cond.shape[1])
+    step.set_conditioning(cond)
+    first = first_input(prompt, num_frames, SPECIAL)
+    tokens = sample_tokens(step, first, generation_steps(num_frames, 0, K), temperature=0, cfg_scale=scale,
+                           constrain=delay_constraint(prompt, num_frames, SPECIAL))
+    ours = undo_delay_pattern(torch.cat([first, tokens], dim=-1))
+
+    # generate() of a standalone MusicgenForCausalLM needs an EncoderDecoderCache (its default DynamicCache gets the
+    # video keys/values appended to the self-attention entries) and a mask of ones (it would infer one from the pad
+    # token, which is also the start token, and mask out step 0)
+    musicgen = musicgen_from_checkpoint(model, export)
+    config = GenerationConfig(pad_token_id=SPECIAL, bos_token_id=SPECIAL, decoder_start_token_id=SPECIAL, do_sample=False,
+                              guidance_scale=scale, max_new_tokens=num_frames + K - 1, num_return_sequences=1, num_beams=1)
+    theirs = musicgen.generate(input_ids=torch.full((K, 1), SPECIAL), attention_mask=torch.ones(K, 1, dtype=torch.long),
+                               encoder_hidden_states=cond, generation_config=config,
+                               cache=EncoderDecoderCache(DynamicCache(config=musicgen.config), DynamicCache(config=musicgen.config)))
+    assert torch.equal(theirs.reshape(1, K, -1), ours)
+    assert len(ours.unique()) > 2  # the tiny LM does not collapse onto one token
+
+
 def test_delay_pattern_is_audiocrafts_layout():
     codes = torch.arange(1, 13).reshape(1, K, 3)
     S = SPECIAL
@@ -290,3 +322,24 @@ def test_decode_gives_32khz_mono_audio(model):
     assert audio.shape == (2, 1, 6 * 640) and audio.dtype == torch.float32 and torch.isfinite(audio).all()
     with pytest.raises(ValueError, match="undo the delay pattern"):
         model.decode(torch.full((1, K, 2), SPECIAL))
+
+
+@torch.no_grad()
+def test_long_pieces_decode_in_chunks_that_match_the_one_call_decode(model, monkeypatch):
+    codes = torch.randint(0, SPECIAL, (1, K, 700), generator=torch.Generator().manual_seed(1))
+    one_call = model.codec.decode(codes[None], [None], return_dict=False)[0]
+    # up to one chunk: upstream's single call, bit for bit
+    assert torch.equal(model.decode(codes, chunk_frames=700), one_call)
+    assert torch.equal(model.decode(codes[..., :300], chunk_frames=300), model.codec.decode(codes[None, ..., :300], [None], return_dict=False)[0])
+
+    lengths, decode = [], model.codec.decode
+
+    def recorded(frame, *args, **kwargs):
+        lengths.append(frame.shape[-1])
+        return decode(frame, *args, **kwargs)
+
+    monkeypatch.setattr(model.codec, "decode", recorded)
+    chunked = model.decode(codes, chunk_frames=300)
+    assert lengths == [300 + 8, 250 + 300 + 8, 250 + 100]  # each chunk with 250 past and 8 future frames, cut at the ends
+    assert chunked.shape == one_call.shape
+    torch.testing.assert_close(chunked, one_call, rtol=0, atol=1e-6)  # measured: 9e-8 (float rounding)

@@ -27,6 +27,7 @@ import numpy as np
 from avtool.errors import BadInput
 from avtool.media import VideoStreamInfo, frames_at, mux, probe
 from avtool.pipelines.common import (
+    VIDEO_SUFFIXES,
     GenerationOptions,
     Job,
     Rendered,
@@ -34,6 +35,7 @@ from avtool.pipelines.common import (
     check_choice,
     check_output,
     check_range,
+    collect_files,
     options_record,
     plan_jobs,
     run_jobs,
@@ -45,7 +47,6 @@ from avtool.ui import progress, say
 from avtool.weights.layout import CLIP_FOLDER, ENCODEC_FOLDER, VIDMUSE_FOLDER, WeightsCheck
 
 MODELS = ("vidmuse",)
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 GLOBAL_FRAMES = 32  # frames spread over the whole video for the long-term stream (the app's `global_num_frames`)
 MAX_DURATION, EXTEND_STRIDE = 30.0, 29.5  # seconds per window, seconds between window starts (0.5 s prompt overlap)
 MAX_TOP_K, MAX_CFG, MAX_TEMPERATURE = 2048, 100.0, 10.0
@@ -100,7 +101,7 @@ def score(inputs: list[Path], request: ScoreRequest, opts: GenerationOptions) ->
     """Score every video (files, or folders of videos) once per seed; models load once. Yields each job's result."""
     # 1. Validate everything that needs no model.
     check_options(request, opts)
-    videos = {path: check_video(path, request) for path in collect_videos(inputs)}
+    videos = {path: check_video(path, request) for path in collect_files(inputs, VIDEO_SUFFIXES, "video")}
     weights = check_weights(opts.weights_dir)
     shard = resolve_shard(opts.shard)
 
@@ -190,7 +191,8 @@ def render_job(models: ScoreModels, job: Job, videos: dict[Path, VideoStreamInfo
             prompt = codes[..., window.frames - overlap_frames(model.frame_rate):]
     timings["sampling"] = clock.lap()
 
-    music = model.decode(torch.cat(pieces, dim=-1))[0, 0].cpu().numpy()
+    # at most 30 s of codes per EnCodec call: one call on all of them needs memory in proportion to the video's length
+    music = model.decode(torch.cat(pieces, dim=-1), chunk_frames=int(MAX_DURATION * model.frame_rate))[0, 0].cpu().numpy()
     music = normalize_loudness(music, model.sample_rate, TARGET_LUFS)
     timings["decode"] = clock.lap()
     wav = write_wav(job.output.with_suffix(".wav"), music, model.sample_rate)
@@ -221,20 +223,6 @@ def check_options(request: ScoreRequest, opts: GenerationOptions) -> None:
     if request.duration is not None:
         check_range("--duration", request.duration, 1, MAX_DURATION_OPTION, "seconds")
     check_choice("--runner", request.runner, RUNNER_MODES)
-
-
-def collect_videos(inputs: list[Path]) -> list[Path]:
-    """The input files, with a folder standing for the videos directly in it (upstream's `infer.sh --video_dir`)."""
-    videos = []
-    for path in inputs:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-            if not found:
-                raise BadInput(f"{path}: a folder with no video ({', '.join(VIDEO_SUFFIXES)})")
-            videos += found
-        else:
-            videos.append(path)
-    return list(dict.fromkeys(videos))
 
 
 def check_video(path: Path, request: ScoreRequest) -> VideoStreamInfo:
