@@ -103,3 +103,17 @@ def test_round_robin_windows_and_another_seed(tiny_weights, tmp_path):
     assert not np.array_equal(videos["whole"], videos["other"])
     # windows of 4 frames see less of the video than one window of 12: a different, still valid video
     assert not np.array_equal(videos["whole"], videos["windows"]) and videos["windows"].std() > 1
+
+
+def test_a_mapper_for_other_models_is_a_weights_error(tiny_weights, tmp_path):
+    import torch
+
+    from avtool.models.tempotokens import AudioTokenMapper
+
+    torch.save(AudioTokenMapper(16, 8, 32).state_dict(), tmp_path / "other.pth")
+    torch.save({"fc1.weight": torch.zeros(2, 2)}, tmp_path / "broken.pth")
+    for mapper, message in (("other.pth", "does not fit this BEATs (64 features)"), ("broken.pth", "missing keys")):
+        run = run_avtool("tokens", drums(tmp_path / "drums.wav"), "--mapper", tmp_path / mapper, "--weights-dir", tiny_weights,
+                         "--output-dir", tmp_path / "out")
+        assert run.returncode == 3 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "out" / "drums_tokens.mp4").exists()

@@ -178,6 +178,7 @@ def load_models(weights: TokensWeights, request: TokensRequest, opts: Generation
         beats = load_beats(load_checkpoint(weights.beats), str(weights.beats)).to(device).eval()
         mapper = AudioTokenMapper.from_state_dict(load_state_dict(weights.mapper), str(weights.mapper)).to(device).eval()
         mapper.pool_dropout = request.pool_dropout
+        check_mapper_fits(mapper, beats, text_encoder, weights.mapper)
         scheduler_config = read_scheduler_config(weights.zeroscope / "scheduler")
     with torch.inference_mode():
         uncond = encode_text(text_encoder, tokenizer, request.negative_prompt, shape.num_frames)
@@ -333,6 +334,19 @@ def resolve_shape(request: TokensRequest, weights: TokensWeights) -> Shape:
     default = DEFAULT_SIZE if sample_size >= NATIVE_SAMPLE_SIZE else sample_size * SIZE_STEP
     length = resolve_length(request)
     return Shape(length.num_frames, length.duration, request.height or default, request.width or default, length.window)
+
+
+def check_mapper_fits(mapper, beats, text_encoder, path: Path) -> None:
+    """The mapper reads all BEATs layers concatenated and writes text-encoder-wide tokens (9216 -> 1024 at full size):
+    a mapper made for other models is a WeightsError (exit 3) here, not a shape error mid-run."""
+    from avtool.errors import WeightsError
+
+    features = beats.config.encoder_layers * beats.config.encoder_embed_dim
+    width = text_encoder.get_input_embeddings().embedding_dim
+    if (mapper.fc1.in_features, mapper.fc4.out_features) != (features, width):
+        raise WeightsError(f"{path}: a mapper from {mapper.fc1.in_features} audio features to {mapper.fc4.out_features}-wide "
+                           f"tokens does not fit this BEATs ({features} features) and text encoder (width {width})",
+                           hint="use the mapper trained for these models (zeroscope_v2_576w + BEATs iter3+)")
 
 
 # --------------------------------------------------------------------------------------------------------------
