@@ -14,6 +14,7 @@ BUILDERS: dict[str, str] = {
     "musicinfuser": "avtool.weights.tiny.musicinfuser:build",
     "vidmuse": "avtool.weights.tiny.vidmuse:build",
     "tempotokens": "avtool.weights.tiny.tempotokens:build",
+    "musev": "avtool.weights.tiny.musev:build",
 }
 
 
