@@ -72,7 +72,7 @@ def frame_conditions(per_frame: torch.Tensor, num_frames: int) -> torch.Tensor:
 
 class FrameConditionedUNet(nn.Module):
     """The model adapter samplers call: `(x (B, C, F, H, W), t, context (B, F, L, D)) -> ε`, one context per frame
-    (`CFGDenoiser` stacks [uncond; cond] rows)."""
+    (`CFGDenoiser` stacks [uncond; cond] rows); a context (B, 1, L, D) is shared by all frames (the stock path)."""
 
     def __init__(self, unet: UNet3DConditionModel) -> None:
         super().__init__()
@@ -80,6 +80,8 @@ class FrameConditionedUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         clips, frames = context.shape[:2]
+        if frames == 1:
+            return self.unet(x, t, encoder_hidden_states=context[:, 0], return_dict=False)[0]
         packed = frame_conditions(context.reshape(clips * frames, *context.shape[2:]), frames)
         return self.unet(x, t, encoder_hidden_states=packed, return_dict=False)[0]
 
@@ -91,5 +93,6 @@ def _frame_context(packed: torch.Tensor, width: int) -> torch.Tensor:
     if rest or rows % frames:
         raise ValueError(f"context of width {packed_width} for {rows} rows does not hold one {width}-wide context "
                          "per frame: pass frame_conditions(...)")
-    row = torch.arange(rows, device=packed.device)
-    return packed.reshape(rows, length, frames, width)[row, :, row % frames]
+    # row b * F + f keeps the f-th of its F contexts: the diagonal of the (frame, context) axes
+    by_frame = packed.reshape(rows // frames, frames, length, frames, width)
+    return torch.diagonal(by_frame, dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(rows, length, width)
