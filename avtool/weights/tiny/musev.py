@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from avtool.weights.tiny.folders import write_pipeline_folder
 from avtool.weights.tiny.tempotokens import VAE_CONFIG, write_clip_tokenizer
 
 FOLDER = "musev"
@@ -68,7 +69,6 @@ def build(weights_dir: Path) -> list[Path]:
 
 def write_sd15(folder: Path) -> Path:
     """A diffusers SD1.5 folder (unet weights as `.bin`, which upstream's `update_unet_with_sd` reads)."""
-    import diffusers
     import torch
     from diffusers import PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -80,15 +80,13 @@ def write_sd15(folder: Path) -> Path:
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                                 **TEXT_CONFIG)).eval()
+    with torch.no_grad():  # an identity final LayerNorm gives outputs of mean ~0, which MuseV's prompt weighting divides by
+        text_encoder.final_layer_norm.weight.normal_(1.0, 0.5)
+        text_encoder.final_layer_norm.bias.normal_(0.0, 0.5)
     components = {"scheduler": PNDMScheduler.from_config(SCHEDULER_CONFIG), "text_encoder": text_encoder,
-                  "unet": unet, "vae": _write_vae(folder / "vae", seed=32)}
-    for name, component in components.items():
-        if name != "vae":
-            component.save_pretrained(folder / name, **({"safe_serialization": False} if name == "unet" else {}))
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-             **{name: [type(c).__module__.split(".")[0], type(c).__name__] for name, c in components.items()},
-             "tokenizer": ["transformers", "CLIPTokenizer"]}
-    (folder / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+                  "tokenizer": tokenizer, "unet": unet, "vae": _write_vae(folder / "vae", seed=32)}
+    write_pipeline_folder(folder, "StableDiffusionPipeline", components, saved=("tokenizer", "vae"),
+                          unet={"safe_serialization": False})
     return folder
 
 

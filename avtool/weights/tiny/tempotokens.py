@@ -9,10 +9,10 @@ UNet's temporal layers; here they are random so that frames interact as in a tra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from avtool.weights.layout import BEATS_FOLDER, MAPPER_FILE, MAPPERS, TEMPOTOKENS_FOLDER, ZEROSCOPE_FOLDER
+from avtool.weights.tiny.folders import write_pipeline_folder
 
 TEXT_WIDTH = 32
 UNET_CONFIG = {
@@ -61,7 +61,6 @@ def build(weights_dir: Path) -> list[Path]:
 
 
 def write_zeroscope(folder: Path) -> Path:
-    import diffusers
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -79,13 +78,9 @@ def write_zeroscope(folder: Path) -> Path:
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                                 **TEXT_CONFIG)).eval()
-    components = {"scheduler": DDIMScheduler.from_config(SCHEDULER_CONFIG), "text_encoder": text_encoder, "unet": unet, "vae": vae}
-    for name, component in components.items():
-        component.save_pretrained(folder / name)
-    index = {"_class_name": "TextToVideoSDPipeline", "_diffusers_version": diffusers.__version__,
-             **{name: [type(c).__module__.split(".")[0], type(c).__name__] for name, c in components.items()},
-             "tokenizer": ["transformers", "CLIPTokenizer"]}
-    (folder / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    components = {"scheduler": DDIMScheduler.from_config(SCHEDULER_CONFIG), "text_encoder": text_encoder,
+                  "tokenizer": tokenizer, "unet": unet, "vae": vae}
+    write_pipeline_folder(folder, "TextToVideoSDPipeline", components, saved=("tokenizer",))
     return folder
 
 
