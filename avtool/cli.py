@@ -320,9 +320,52 @@ def score(
 
 
 @command("animate", generation=True)
-def animate(inputs: Inputs = None, *, json: bool, quiet: bool, common: GenerationOptions) -> None:
-    """Image, text or pose video to a long human video (MuseV)."""
-    _not_available("animate")
+def animate(
+    image: Annotated[Optional[Path], typer.Option("--image", help="The first frame (the condition image); without it the first frame is generated from --prompt.", dir_okay=False, show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text prompt; A1111 weights such as (eye blinks:1.8) work as in MuseV.", show_default=False)] = None,
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="A MuseV negative prompt name (Empty, V1-V5) or text.")] = "V2",
+    variant: Annotated[str, typer.Option("--variant", help="musev, musev_referencenet (ReferenceNet + IP-Adapter from the image) or musev_referencenet_pose.")] = "musev_referencenet",
+    time_size: Annotated[int, typer.Option("--time-size", help="Frames per shot after the first frame (the video has 1 + n_batch x time_size frames).")] = 12,
+    n_batch: Annotated[int, typer.Option("--n-batch", help="Shots in a row, each starting from the previous one's last frame.")] = 1,
+    first_frame_steps: Annotated[int, typer.Option("--first-frame-steps", help="Steps for a generated first frame.")] = 30,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance of the video, 0 to 100.")] = 3.5,
+    first_frame_guidance: Annotated[float, typer.Option("--first-frame-guidance", help="Guidance of a generated first frame.")] = 7.5,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the video (upstream's code says 4, its README runs use 12).")] = 12.0,
+    height: Annotated[Optional[int], typer.Option("--height", help="Height, a multiple of 64 (default: the image's x --img-length-ratio; tiny weights: their own).", show_default=False)] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Width, a multiple of 64 (default: the image's x --img-length-ratio; tiny weights: their own).", show_default=False)] = None,
+    img_length_ratio: Annotated[float, typer.Option("--img-length-ratio", help="Scale of the image's size for the video's, floored to multiples of 64.")] = 1.0,
+    context_frames: Annotated[int, typer.Option("--context-frames", help="Frames per denoising window.")] = 12,
+    context_overlap: Annotated[int, typer.Option("--context-overlap", help="Frames shared by neighbouring windows (averaged).")] = 4,
+    context_batch_size: Annotated[int, typer.Option("--context-batch-size", help="Windows per UNet call (memory grows with it, not with the video's length).")] = 1,
+    motion_speed: Annotated[float, typer.Option("--motion-speed", help="Frame-index multiplier (the training sample rate; higher: faster motion).")] = 8.0,
+    w_ind_noise: Annotated[float, typer.Option("--w-ind-noise", help="Share of per-frame noise in the video-fusion initial noise (the rest is shared by all frames).")] = 0.5,
+    img_weight: Annotated[float, typer.Option("--img-weight", help="Share of the first frame's latent in the initial noise.")] = 1e-3,
+    ip_scale: Annotated[float, typer.Option("--ip-scale", help="IP-Adapter image-prompt scale (referencenet variants).")] = 1.0,
+    vae_batch_size: Annotated[int, typer.Option("--vae-batch-size", help="Frames per VAE decode.")] = 8,
+    task_file: Annotated[Optional[Path], typer.Option("--task-file", help="A MuseV task file (configs/tasks/example.yaml format): one video per item.", dir_okay=False, show_default=False)] = None,
+    target: Annotated[Optional[list[str]], typer.Option("--target", help="Only this task-file item (by name); repeat for several.", show_default=False)] = None,
+    *,
+    json: bool,
+    quiet: bool,
+    common: GenerationOptions,
+) -> None:
+    """Image and/or text to a long video (MuseV), by visual-conditioned parallel denoising.
+
+    `avtool animate --image face.png --prompt "(1girl, solo:1), (eye blinks:1.8)" --time-size 48` makes a 49-frame
+    video that starts from the image. Defaults are upstream's: 10 Euler steps, guidance 3.5, windows of 12 frames
+    overlapping by 4, video-fusion noise, the V2 negative prompt.
+    """
+    from avtool.pipelines.animate import AnimateRequest
+    from avtool.pipelines.animate import animate as run_animate
+
+    request = AnimateRequest(image=image, prompt=prompt, negative_prompt=negative_prompt, variant=variant,
+                             time_size=time_size, n_batch=n_batch, first_frame_steps=first_frame_steps, guidance=guidance,
+                             first_frame_guidance=first_frame_guidance, fps=fps, height=height, width=width,
+                             img_length_ratio=img_length_ratio, context_frames=context_frames,
+                             context_overlap=context_overlap, context_batch_size=context_batch_size,
+                             motion_speed=motion_speed, w_ind_noise=w_ind_noise, img_weight=img_weight, ip_scale=ip_scale,
+                             vae_batch_size=vae_batch_size, task_file=task_file, targets=tuple(target or ()))
+    _report(run_animate(request, common), json)
 
 
 @command("tokens", generation=True)

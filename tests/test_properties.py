@@ -147,6 +147,15 @@ COMMANDS: dict[str, dict[str, st.SearchStrategy]] = {
         "--cfg-scale": float_values, "--runner": st.one_of(st.sampled_from(["eager", "compile", "cuda-graph"]), strings),
         **GENERATION_OPTIONS, **OUTPUT_OPTIONS,
     },
+    "animate": {
+        "--image": paths(".png"), "--prompt": strings, "--negative-prompt": strings,
+        "--variant": st.one_of(st.sampled_from(["musev", "musev_referencenet", "musev_referencenet_pose", "MuseV"]), strings),
+        "--time-size": int_values, "--n-batch": int_values, "--guidance": float_values, "--fps": float_values,
+        "--height": int_values, "--width": int_values, "--img-length-ratio": float_values, "--context-frames": int_values,
+        "--context-overlap": int_values, "--context-batch-size": int_values, "--motion-speed": float_values,
+        "--w-ind-noise": float_values, "--img-weight": float_values, "--task-file": paths(".yaml"), "--target": strings,
+        **GENERATION_OPTIONS, **OUTPUT_OPTIONS,
+    },
     "tokens": {
         "inputs": inputs(".wav"), "--mapper": st.one_of(st.sampled_from(["vggsound", "landscape", "audioset_drum", "VGGSound", "x.pth"]), strings),
         "--prompt": strings, "--negative-prompt": strings, "--guidance": float_values, "--num-frames": int_values,
@@ -179,6 +188,8 @@ CLIP = File("clip", "clip.mp4")
 BASES: dict[str, list[dict]] = {
     "dance": [{**DANCE_BASE, "--shard": "3/3"}],  # shard 3 of 3 of at most two jobs: none, so no model loads
     "score": [{"inputs": [CLIP], "--seed": "1", "--weights-dir": WEIGHTS, "--output-dir": "out", "--shard": "2/2"}],
+    "animate": [{"--prompt": "a face", "--time-size": "4", "--steps": "1", "--first-frame-steps": "1", "--seed": "1",
+                 "--weights-dir": WEIGHTS, "--output-dir": "out", "--shard": "2/2"}],  # a drawn --shard renders 5 frames
     "tokens": [{"inputs": [File("tone", "song.wav")], "--duration": "1", "--steps": "1", "--seed": "1", "--weights-dir": WEIGHTS,
                 "--output-dir": "out", "--shard": "2/2"}],  # a drawn --shard that gives a job renders 12 frames in 1 step
     "probe": [{"inputs": [File("tone", "song.wav")]}],
@@ -187,7 +198,7 @@ BASES: dict[str, list[dict]] = {
     "download-weights": [{"inputs": ["musicinfuser"], "--dir": "weights", "--tiny": FLAG, "--dry-run": FLAG},
                          {"--dir": MANIFESTED, "--verify": FLAG}],
 }
-WRITES_SIDECARS = {"dance", "score", "tokens", "eval"}
+WRITES_SIDECARS = {"dance", "score", "tokens", "animate", "eval"}
 MANY_PROBLEMS = {"download-weights"}  # reports every problem of a run (e.g. each file it cannot fetch), a line each
 
 
@@ -335,7 +346,7 @@ def run_example(command: str, base: dict, option: str, value: object, root: Path
 # No shrinking: an example changes one option already, and shrinking a failure would rerun the CLI for minutes.
 PROPERTY_SETTINGS = settings(deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-EXAMPLES = {"dance": 150, "score": 100, "tokens": 60, "probe": 100, "eval": 80, "download-weights": 100}
+EXAMPLES = {"dance": 150, "score": 100, "tokens": 60, "animate": 60, "probe": 100, "eval": 80, "download-weights": 100}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -34,6 +34,9 @@ BEATS_FILE = "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt"
 TEMPOTOKENS_FOLDER = "tempotokens"
 MAPPER_FILE = "learned_embeds.pth"
 MAPPERS = ("vggsound", "landscape", "audioset_drum")  # upstream's models/<dataset>/learned_embeds.pth
+# MuseV (`avtool animate`): the TMElyralab/MuseV repository's own folders under one folder.
+MUSEV_FOLDER = "musev"
+MUSEV_BASE_MODEL = "t2i/sd1.5/majicmixRealv6Fp16"  # the SD1.5 model whose spatial weights go over the motion UNet
 VARIANTS = ("bf16", "fp16")
 
 

@@ -16,11 +16,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from avtool.weights.layout import MUSEV_BASE_MODEL as BASE_MODEL
+from avtool.weights.layout import MUSEV_FOLDER as FOLDER
 from avtool.weights.tiny.folders import write_pipeline_folder
 from avtool.weights.tiny.tempotokens import VAE_CONFIG, write_clip_tokenizer
 
-FOLDER = "musev"
-BASE_MODEL = "t2i/sd1.5/majicmixRealv6Fp16"
 TEXT_WIDTH = 16
 CLIP_EMBED_DIM = 24
 SPATIAL = {"in_channels": 4, "out_channels": 4, "block_out_channels": (8, 16, 16), "layers_per_block": 2,
