@@ -187,7 +187,7 @@ def test_tiny_builds_are_deterministic_and_small(tiny_weights, tmp_path):
 
     first, second = digests(tiny_weights), digests(tmp_path)
     assert first == second and len(first) > 15
-    assert sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()) < 16_000_000
+    assert sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()) < 24_000_000  # five models
 
 
 @pytest.mark.parametrize("shard_size", ["200KB", "10GB"])

@@ -28,7 +28,8 @@ def test_sources():
     assert MODELS["vidmuse"].components[0].allow == ("state_dict.bin", "compression_state_dict.bin")
     _, beats, mapper = MODELS["tempotokens"].components
     assert beats.kind == "url" and beats.url.startswith("https://") and beats.files[0] in beats.url
-    assert mapper.kind == "manual" and mapper.files == ("learned_embeds.pth",) and "guyyariv/TempoTokens" in mapper.manual
+    assert mapper.kind == "manual" and "guyyariv/TempoTokens" in mapper.manual
+    assert mapper.files == ("vggsound/learned_embeds.pth", "landscape/learned_embeds.pth", "audioset_drum/learned_embeds.pth")
     for model in MODELS.values():
         for component in model.components:
             assert component.approx_gb > 0 and component.licence
