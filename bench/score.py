@@ -82,6 +82,32 @@ def token_loop_vs_generate(weights: Path, tokens: int) -> None:
             ours, seconds = best_of_two(functools.partial(our_loop, StepRunner(step, mode)))
             print(f"    our loop ({mode:7s}) {steps / seconds:7.1f} steps/s ({their_seconds / seconds:.2f}x); "
                   f"same codes: {torch.equal(theirs, ours)}")
+        step.set_conditioning(cond)
+        kernels_per_token(step, first, steps)
+
+
+VIEW_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::transpose", "aten::t", "aten::permute",
+            "aten::slice", "aten::select", "aten::expand", "aten::as_strided", "aten::unsqueeze", "aten::squeeze",
+            "aten::_unsafe_view", "aten::detach", "aten::alias", "aten::empty", "aten::empty_strided", "aten::lift_fresh",
+            "aten::split", "aten::chunk", "aten::unbind", "aten::narrow", "aten::flatten", "aten::view_as", "aten::resolve_conj",
+            "aten::resolve_neg", "aten::result_type", "aten::size", "aten::stride", "aten::contiguous", "aten::to", "aten::_to_copy"}
+
+
+def kernels_per_token(step, first: torch.Tensor, steps: int) -> None:
+    """The compute ops one eager token step runs: leaf aten ops that are not views or allocations, what a GPU would
+    launch one kernel each for. Counted on the CPU with torch.profiler over one step after a warm-up."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    tokens, position = first[:, :, :1].repeat(2, 1, 1), torch.tensor(1)
+    with torch.inference_mode():
+        step(tokens, torch.tensor(0))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(tokens, position)
+    leaves = [e for e in prof.events() if e.name.startswith("aten::")
+              and not any(c.name.startswith("aten::") for c in e.cpu_children) and e.name not in VIEW_OPS]
+    print(f"    one token step in eager mode: {len(leaves)} compute ops (~kernel launches on CUDA); under --runner "
+          "cuda-graph the same step is 1 graph replay, plus one copy per input buffer (2) and one output copy")
 
 
 def best_of_two(run: Callable[[], Result]) -> tuple[Result, float]:
