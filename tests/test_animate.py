@@ -31,6 +31,10 @@ def test_windows_follow_musevs_uniform_v2_schedule():
     assert context_windows(14, 12, 4) == [list(range(12)), [8, 9, 10, 11, 12, 13]]  # a shorter last window stays
     with pytest.raises(ValueError):
         context_windows(12, 4, 4)
+    for frames, size, overlap in ((1, 12, 4), (13, 12, 4), (48, 12, 4), (50, 12, 0), (37, 5, 3), (192, 12, 11)):
+        windows = context_windows(frames, size, overlap)
+        assert sorted({f for w in windows for f in w}) == list(range(frames)), (frames, size, overlap)  # every frame
+        assert all(len(w) <= size and w == list(range(w[0], w[-1] + 1)) for w in windows)
 
 
 def test_parallel_denoising_leads_each_window_with_the_condition_and_averages_overlaps():
@@ -119,3 +123,24 @@ def test_a_task_file_with_two_items_runs_both_and_a_seed_repeats_the_video(tiny_
     assert np.abs(first[0] - expected).mean() < 0.6 * np.abs(first[0] - other).mean()
     sidecar = json.loads((out / "first_animated.mp4.json").read_text())
     assert sidecar["seed"] == 3 and sidecar["subcommand"] == "animate" and sidecar["task"] == "first"
+
+
+def test_frame_conditioning_is_cut_to_each_window_after_the_condition_frames():
+    seen = []
+
+    def record(x, t, control):
+        seen.append(control[:, 0, :, 0, 0].tolist())
+        return x
+
+    control = torch.arange(11.0).view(1, 1, 11, 1, 1)  # the condition frame's, then 10 frames'
+    denoise = ParallelDenoiser(record, context_windows(10, 6, 2), torch.zeros(1, 1, 1, 1, 1), batch_size=2,
+                               frame_args=("control",))
+    denoise(torch.zeros(1, 1, 10, 1, 1), 0, control=control)
+    assert seen == [[[0, 1, 2, 3, 4, 5, 6], [0, 5, 6, 7, 8, 9, 10]]]  # two windows batched, each led by frame 0's
+
+
+def test_missing_weights_name_the_download(tmp_path):
+    (tmp_path / "weights" / "musev" / "motion").mkdir(parents=True)
+    run = subprocess.run([sys.executable, "-c", REJECT_CHILD, "animate", "--prompt", "a face", "--weights-dir",
+                          str(tmp_path / "weights")], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.stdout.strip() == "exit=3 heavy=" and "hint: run: avtool download-weights musev" in run.stderr, run.stderr

@@ -36,16 +36,19 @@ class ParallelDenoiser:
     `condition` (B, C, n, H, W, clean and unscaled, as upstream places them) in front.
 
     `denoise` receives (k * B, C, n + W, H, W) for k windows of W frames (windows of one length are batched, at most
-    `batch_size` windows per call) and returns predictions of that shape; the conditioning passes unchanged (the
-    model adapter expands it to the k * B rows).
+    `batch_size` windows per call) and returns predictions of that shape. Conditioning named in `frame_args` has a
+    frame axis at dim 2 covering the condition frames and then all T frames (e.g. control images (B, 3, n + T, H, W));
+    it is cut like the latents, to (k * B, ., n + W, ...). The rest passes unchanged (the model adapter expands it
+    to the k * B rows).
     """
 
     def __init__(self, denoise: Callable[..., torch.Tensor], windows: Sequence[Sequence[int]], condition: torch.Tensor,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, frame_args: tuple[str, ...] = ()) -> None:
         self.denoise = denoise
         self.windows = [list(w) for w in windows]
         self.condition = condition
         self.batch_size = batch_size
+        self.frame_args = frame_args
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **conditioning: torch.Tensor) -> torch.Tensor:
         prediction = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -55,7 +58,10 @@ class ParallelDenoiser:
         for group in self._batches():
             frames = [torch.tensor(w, device=x.device) for w in group]
             batch = torch.cat([torch.cat([condition, x[:, :, f]], dim=2) for f in frames])
-            out = self.denoise(batch, t, **conditioning)[:, :, n:].float()
+            window_args = {name: torch.cat([value[:, :, torch.cat([torch.arange(n), n + f.cpu()]).to(value.device)]
+                                            for f in frames]) if name in self.frame_args else value
+                           for name, value in conditioning.items()}
+            out = self.denoise(batch, t, **window_args)[:, :, n:].float()
             for part, f in zip(out.chunk(len(group)), frames, strict=True):
                 prediction[:, :, f] += part
                 count[f] += 1
