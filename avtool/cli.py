@@ -324,7 +324,8 @@ def animate(
     image: Annotated[Optional[Path], typer.Option("--image", help="The first frame (the condition image); without it the first frame is generated from --prompt.", dir_okay=False, show_default=False)] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text prompt; A1111 weights such as (eye blinks:1.8) work as in MuseV.", show_default=False)] = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="A MuseV negative prompt name (Empty, V1-V5) or text.")] = "V2",
-    variant: Annotated[str, typer.Option("--variant", help="musev, musev_referencenet (ReferenceNet + IP-Adapter from the image) or musev_referencenet_pose.")] = "musev_referencenet",
+    variant: Annotated[Optional[str], typer.Option("--variant", help="musev, musev_referencenet (ReferenceNet + IP-Adapter from the image) or musev_referencenet_pose (default: musev_referencenet_pose with --pose-video, else musev_referencenet).", show_default=False)] = None,
+    pose_video: Annotated[Optional[Path], typer.Option("--pose-video", help="A pose video (rendered openpose skeletons, as upstream's video_is_middle) whose frames drive an openpose ControlNet, one per video frame; needs 1 + n_batch x time_size frames.", dir_okay=False, show_default=False)] = None,
     time_size: Annotated[int, typer.Option("--time-size", help="Frames per shot after the first frame (the video has 1 + n_batch x time_size frames).")] = 12,
     n_batch: Annotated[int, typer.Option("--n-batch", help="Shots in a row, each starting from the previous one's last frame.")] = 1,
     first_frame_steps: Annotated[int, typer.Option("--first-frame-steps", help="Steps for a generated first frame.")] = 30,
@@ -337,7 +338,7 @@ def animate(
     context_frames: Annotated[int, typer.Option("--context-frames", help="Frames per denoising window.")] = 12,
     context_overlap: Annotated[int, typer.Option("--context-overlap", help="Frames shared by neighbouring windows (averaged).")] = 4,
     context_batch_size: Annotated[int, typer.Option("--context-batch-size", help="Windows per UNet call (memory grows with it, not with the video's length).")] = 1,
-    motion_speed: Annotated[float, typer.Option("--motion-speed", help="Frame-index multiplier (the training sample rate; higher: faster motion).")] = 8.0,
+    motion_speed: Annotated[Optional[float], typer.Option("--motion-speed", help="Frame-index multiplier, the training sample rate; higher: faster motion (default: 8, with --pose-video 1, as upstream's scripts).", show_default=False)] = None,
     w_ind_noise: Annotated[float, typer.Option("--w-ind-noise", help="Share of per-frame noise in the video-fusion initial noise (the rest is shared by all frames).")] = 0.5,
     img_weight: Annotated[float, typer.Option("--img-weight", help="Share of the first frame's latent in the initial noise.")] = 1e-3,
     ip_scale: Annotated[float, typer.Option("--ip-scale", help="IP-Adapter image-prompt scale (referencenet variants).")] = 1.0,
@@ -358,7 +359,7 @@ def animate(
     from avtool.pipelines.animate import AnimateRequest
     from avtool.pipelines.animate import animate as run_animate
 
-    request = AnimateRequest(image=image, prompt=prompt, negative_prompt=negative_prompt, variant=variant,
+    request = AnimateRequest(image=image, prompt=prompt, negative_prompt=negative_prompt, variant=variant, pose_video=pose_video,
                              time_size=time_size, n_batch=n_batch, first_frame_steps=first_frame_steps, guidance=guidance,
                              first_frame_guidance=first_frame_guidance, fps=fps, height=height, width=width,
                              img_length_ratio=img_length_ratio, context_frames=context_frames,

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, run_avtool
+from mediagen import clip
 from test_cli import REJECT_CHILD
 
 from avtool.media import crop_resize, read_frames, read_image
+from avtool.pipelines import animate as pipeline
+from avtool.pipelines.common import GenerationOptions
 from avtool.sampling import ParallelDenoiser, context_windows
 
 
@@ -78,11 +81,13 @@ def test_the_unet_never_sees_more_than_one_window_batch():
     (["--image", "{text}"], "not an image OpenCV can read"),
     (["--task-file", "{tasks}", "--target", "nobody"], "--target nobody: no such item"),
     (["--task-file", "{tasks}", "--target", "lost"], "item lost: image missing.png not found"),
+    (["--prompt", "x", "--pose-video", "{pose}", "--time-size", "12"], "13 are needed (1 + --n-batch 1 x --time-size 12"),
 ])
 def test_bad_options_and_inputs_are_refused_before_torch(tiny_weights, tmp_path, args, message):
     (tmp_path / "notes.png").write_text("not a picture")
     (tmp_path / "tasks.yaml").write_text("- name: found\n  prompt: a face\n- name: lost\n  condition_images: missing.png\n")
-    argv = [a.format(text=tmp_path / "notes.png", tasks=tmp_path / "tasks.yaml") for a in args]
+    pose = clip(tmp_path / "pose.mp4", seconds=1, fps=10, size="64x64", audio=False) if "{pose}" in args else None
+    argv = [a.format(text=tmp_path / "notes.png", tasks=tmp_path / "tasks.yaml", pose=pose) for a in args]
     run = subprocess.run([sys.executable, "-c", REJECT_CHILD, "animate", *argv, "--weights-dir", str(tiny_weights),
                           "--output-dir", str(tmp_path / "out")], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
@@ -144,3 +149,30 @@ def test_missing_weights_name_the_download(tmp_path):
     run = subprocess.run([sys.executable, "-c", REJECT_CHILD, "animate", "--prompt", "a face", "--weights-dir",
                           str(tmp_path / "weights")], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.stdout.strip() == "exit=3 heavy=" and "hint: run: avtool download-weights musev" in run.stderr, run.stderr
+
+
+def test_a_pose_video_drives_the_frames_through_the_controlnet(tiny_weights, tmp_path):
+    face = image(tmp_path / "face.png")
+    videos = {}
+    for name, pattern in (("bars", "smptebars"), ("grid", "testsrc")):
+        pose = tmp_path / f"{name}.mp4"
+        from mediagen import ffmpeg
+
+        ffmpeg("-f", "lavfi", "-i", f"{pattern}=size=64x64:rate=10:duration=1", "-pix_fmt", "yuv420p", str(pose))
+        opts = GenerationOptions(output_dir=tmp_path / name, seeds=[2], steps=2, weights_dir=tiny_weights, quiet=True)
+        request = pipeline.AnimateRequest(image=face, prompt="a dancer", pose_video=pose, time_size=4)
+        [result] = list(pipeline.animate(request, opts))
+        assert result["variant"] == "musev_referencenet_pose" and result["num_frames"] == 5
+        videos[name] = read_frames(result["output"])
+    assert videos["bars"].shape == (5, 64, 64, 3)
+    assert np.array_equal(videos["bars"][0], videos["grid"][0])  # the image's frame does not depend on the poses
+    assert not np.array_equal(videos["bars"][1:], videos["grid"][1:])  # the frames after it do
+
+
+def test_a_pose_video_without_the_controlnet_names_its_download(tiny_weights, tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "musev").symlink_to(tiny_weights / "musev")
+    pose = clip(tmp_path / "pose.mp4", seconds=1, fps=10, size="64x64", audio=False)
+    run = run_avtool("animate", "--prompt", "x", "--pose-video", pose, "--time-size", "4", "--weights-dir", weights)
+    assert run.returncode == 3 and "download-weights controlnet-openpose" in run.stderr, run.stderr

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import ControlNetModel
 
 from avtool.errors import WeightsError
 from avtool.models.musev.config import VARIANTS, MuseVConfig
+from avtool.models.musev.denoiser import MuseVDenoiser
 from avtool.models.musev.ip_adapter import ImageProjection
 from avtool.models.musev.loading import image_projection_state, load_base_spatial_weights, load_weights
 from avtool.models.musev.referencenet import ReferenceNet
-from avtool.models.musev.unet import MuseVUNet, ReferenceFeatures, refer_emb_indices
+from avtool.models.musev.unet import ControlResiduals, MuseVUNet, ReferenceFeatures, refer_emb_indices
 from avtool.weights.tiny import musev as tiny
 
 DATA = Path(__file__).parent / "data"
@@ -211,3 +213,57 @@ def test_reference_features_are_fused_with_the_index_quirk(musev_dir, unets):
     # final block (2) reads maps [5, 6] (start 1 + 2*2), so maps 7 and 8 are never read
     assert not torch.allclose(perturbed(6), fused, atol=1e-5)
     assert torch.equal(perturbed(7), fused) and torch.equal(perturbed(8), fused)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ControlNet
+
+
+@pytest.fixture(scope="module")
+def controlnet(tmp_path_factory) -> ControlNetModel:
+    folder, = tiny.build_controlnet(tmp_path_factory.mktemp("weights"))
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    return ControlNetModel.from_pretrained(folder).eval()
+
+
+def _control(controlnet: ControlNetModel, sample: torch.Tensor, text: torch.Tensor, seed: int = 0) -> ControlResiduals:
+    frames = sample.shape[2]
+    images = torch.rand(frames, 3, sample.shape[-2] * 8, sample.shape[-1] * 8, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        down, mid = controlnet(sample[0].transpose(0, 1), 500, text.expand(frames, -1, -1), controlnet_cond=images,
+                               return_dict=False)
+    return ControlResiduals(tuple(down), mid)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_controlnet_residuals_fit_the_unet_and_zero_ones_change_nothing(musev_dir, unets, controlnet, variant):
+    unet = unets.get(variant) or _unet(musev_dir, variant)
+    sample, text = _inputs()
+    control = _control(controlnet, sample, text)
+    assert len(control.down) == 9  # one per skip connection: conv_in + 3 + 3 + 2
+    plain = _run(unet, sample, text, condition_frames=1)
+    assert not torch.allclose(_run(unet, sample, text, condition_frames=1, control=control), plain, atol=1e-5)
+    zero = ControlResiduals(tuple(torch.zeros_like(d) for d in control.down), torch.zeros_like(control.mid))
+    assert torch.equal(_run(unet, sample, text, condition_frames=1, control=zero), plain)
+
+
+def test_denoiser_controls_each_window_of_both_cfg_halves_with_its_own_images(unets, controlnet):
+    generator = torch.Generator().manual_seed(0)
+    windows, frames = 2, 1 + 2  # the condition frame, then a window of 2
+    x = torch.randn(2 * windows, 4, frames, 8, 8, generator=generator)  # rows [uncond w0, w1; cond w0, w1]
+    text = torch.randn(2, 5, tiny.TEXT_WIDTH, generator=generator)
+    ip_tokens = torch.randn(2, 4, tiny.TEXT_WIDTH, generator=generator)
+    images = torch.rand(windows, 3, frames, 64, 64, generator=generator)
+    denoiser = MuseVDenoiser(unets["musev_referencenet"], condition_frames=1, motion_speed=8.0, controlnet=controlnet)
+
+    def predict(control_images: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            return denoiser(x, torch.tensor(500), text, ip_tokens, control_images=control_images)
+
+    controlled = predict(images)
+    assert controlled.shape == x.shape
+    assert not torch.allclose(controlled, predict(None), atol=1e-5)
+    other = images.clone()
+    other[1] = torch.rand(3, frames, 64, 64, generator=generator)
+    changed = (predict(other) - controlled).abs().flatten(1).amax(dim=1) > 1e-5
+    assert changed.tolist() == [False, True, False, True]  # window 1's rows in both halves, only

@@ -148,7 +148,7 @@ COMMANDS: dict[str, dict[str, st.SearchStrategy]] = {
         **GENERATION_OPTIONS, **OUTPUT_OPTIONS,
     },
     "animate": {
-        "--image": paths(".png"), "--prompt": strings, "--negative-prompt": strings,
+        "--image": paths(".png"), "--prompt": strings, "--negative-prompt": strings, "--pose-video": paths(".mp4"),
         "--variant": st.one_of(st.sampled_from(["musev", "musev_referencenet", "musev_referencenet_pose", "MuseV"]), strings),
         "--time-size": int_values, "--n-batch": int_values, "--guidance": float_values, "--fps": float_values,
         "--height": int_values, "--width": int_values, "--img-length-ratio": float_values, "--context-frames": int_values,

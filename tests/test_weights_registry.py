@@ -14,10 +14,12 @@ def test_every_model_of_the_issue_is_registered_with_plain_folders():
         "musicinfuser": ["musicinfuser", "wav2vec2-base-960h"],
         "vidmuse": ["vidmuse", "encodec_32khz", "clip-vit-base-patch32"],
         "musev": ["musev"],
+        "controlnet-openpose": ["control_v11p_sd15_openpose"],
         "tempotokens": ["zeroscope_v2_576w", "beats", "tempotokens"],
         "d2m": [],
     }
     assert [m.id for m in models_needed_by("dance")] == ["mochi-1-preview", "musicinfuser"]
+    assert [m.id for m in models_needed_by("animate")] == ["musev", "controlnet-openpose"]
     assert MODELS["d2m"].unavailable and "avtool train" not in MODELS["d2m"].unavailable  # it has not landed: no hint to it
 
 
@@ -26,6 +28,8 @@ def test_sources():
     assert (mochi.repo, mochi.revision, mochi.variants) == ("genmo/mochi-1-preview", "main", ("bf16",))
     assert MODELS["musicinfuser"].components[0].allow == ("musicinfuser.safetensors",)
     assert MODELS["vidmuse"].components[0].allow == ("state_dict.bin", "compression_state_dict.bin")
+    controlnet, = MODELS["controlnet-openpose"].components
+    assert controlnet.repo == "lllyasviel/control_v11p_sd15_openpose"
     _, beats, mapper = MODELS["tempotokens"].components
     assert beats.kind == "url" and beats.url.startswith("https://") and beats.files[0] in beats.url
     assert mapper.kind == "manual" and "guyyariv/TempoTokens" in mapper.manual

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from avtool.errors import BadInput, WeightsError
-from avtool.media import crop_resize, read_image, write_video
+from avtool.media import VideoStreamInfo, crop_resize, frames_at, probe, read_image, write_video
 from avtool.models.musev.config import VARIANTS
 from avtool.pipelines.common import (
     GenerationOptions,
@@ -43,14 +43,15 @@ from avtool.pipelines.common import (
 )
 from avtool.runtime import Shard, Stopwatch, resolve_device, resolve_dtype, resolve_shard, silence_libraries
 from avtool.ui import progress, say
-from avtool.weights.layout import MUSEV_BASE_MODEL, MUSEV_FOLDER, WeightsCheck
+from avtool.weights.layout import CONTROLNET_FOLDER, MUSEV_BASE_MODEL, MUSEV_FOLDER, WeightsCheck
 
 DEFAULT_STEPS, FIRST_FRAME_STEPS = 10, 30
 DEFAULT_FPS = 12.0  # upstream's code default is 4, its README runs use 12: 12 frames per second look like motion
 SIZE_STEP = 64  # upstream floors the size to multiples of 64
 SD15_SAMPLE_SIZE = 64  # SD1.5's UNet sample_size; a smaller one (tiny weights) brings its own size
 MAX_FRAMES, MAX_SIZE, MAX_GUIDANCE = 4096, 4096, 100.0
-MODEL_OF_FOLDER = {MUSEV_FOLDER: "musev"}
+MODEL_OF_FOLDER = {MUSEV_FOLDER: "musev", CONTROLNET_FOLDER: "controlnet-openpose"}
+IMAGE_MOTION_SPEED, POSE_MOTION_SPEED = 8.0, 1.0  # upstream: --motion_speed for image/text, the pose video's step (1)
 IP_TOKENS = 4  # IP-Adapter's clip_extra_context_tokens in MuseV's config
 
 
@@ -61,7 +62,8 @@ class AnimateRequest:
     image: Path | None = None  # the condition frame; None: generated from the prompt
     prompt: str | None = None
     negative_prompt: str = "V2"  # a key of MuseV's negative prompts, or text
-    variant: str = "musev_referencenet"
+    variant: str | None = None  # None: musev_referencenet_pose with --pose-video, else musev_referencenet
+    pose_video: Path | None = None  # a pose video (rendered skeletons) driving an openpose ControlNet, frame by frame
     time_size: int = 12  # frames per shot after the condition frame
     n_batch: int = 1  # shots, each starting from the previous one's last frame
     first_frame_steps: int = FIRST_FRAME_STEPS
@@ -74,7 +76,7 @@ class AnimateRequest:
     context_frames: int = 12
     context_overlap: int = 4
     context_batch_size: int = 1
-    motion_speed: float = 8.0
+    motion_speed: float | None = None  # None: 8 (image/text), 1 (pose video), as upstream's two scripts
     w_ind_noise: float = 0.5
     img_weight: float = 1e-3
     ip_scale: float = 1.0
@@ -105,6 +107,7 @@ class AnimateWeights:
     referencenet: Path | None
     image_projection: Path | None
     image_encoder: Path | None
+    controlnet: Path | None
     files: dict[str, list[Path]]
 
 
@@ -120,6 +123,7 @@ class AnimateModels:
     image_encoder: Any | None
     image_processor: Any | None
     image_projection: Any | None
+    controlnet: Any | None
     scheduler_config: dict
     device: str
     dtype: Any
@@ -128,8 +132,10 @@ class AnimateModels:
 def animate(request: AnimateRequest, opts: GenerationOptions) -> Iterator[dict[str, Any]]:
     """Make one video per (item, seed); models load once. Yields each job's result as it is written."""
     # 1. Validate everything that needs no model.
+    request = resolve_defaults(request)
     check_options(request, opts)
-    weights = check_weights(opts.weights_dir, request.variant)
+    pose = check_pose_video(request) if request.pose_video else None
+    weights = check_weights(opts.weights_dir, request.variant, pose is not None)
     native = native_size(weights)
     items = task_items(request, native) if request.task_file else [command_line_item(request, native)]
     shard = resolve_shard(opts.shard)
@@ -140,7 +146,7 @@ def animate(request: AnimateRequest, opts: GenerationOptions) -> Iterator[dict[s
 
     # 3. Load once, then render each job.
     load = functools.partial(load_models, weights, request, opts, shard)
-    render = functools.partial(render_job, items=items, steps=opts.steps or DEFAULT_STEPS, quiet=opts.quiet)
+    render = functools.partial(render_job, items=items, pose=pose, steps=opts.steps or DEFAULT_STEPS, quiet=opts.quiet)
     yield from run_jobs(jobs, opts, load, render)
 
 
@@ -150,7 +156,7 @@ def load_models(weights: AnimateWeights, request: AnimateRequest, opts: Generati
     IP-Adapter for the referencenet variants."""
     import torch
     import transformers
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, ControlNetModel
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
     from avtool.models.musev.config import MuseVConfig
@@ -195,14 +201,18 @@ def load_models(weights: AnimateWeights, request: AnimateRequest, opts: Generati
                                                state["proj.weight"].shape[0] // config.cross_attention_dim)
             load_weights(image_projection, state, str(weights.image_projection))
             image_projection = image_projection.to(device, dtype).eval()
+        controlnet = None
+        if weights.controlnet is not None:
+            controlnet = load_pretrained(ControlNetModel, weights.controlnet).to(device, dtype).eval()
     models = AnimateModels(unet, vae, text_encoder, tokenizer, referencenet, image_encoder, image_processor,
-                           image_projection, scheduler_config, device, dtype)
+                           image_projection, controlnet, scheduler_config, device, dtype)
     info = RunInfo("animate", device, str(dtype).removeprefix("torch."), opts.steps or DEFAULT_STEPS,
                    weights_record(weights.files), options_record(request), shard, clock.lap())
     return models, info
 
 
-def render_job(models: AnimateModels, job: Job, items: list[Item], steps: int, quiet: bool) -> Rendered:
+def render_job(models: AnimateModels, job: Job, items: list[Item], pose: VideoStreamInfo | None, steps: int,
+               quiet: bool) -> Rendered:
     """One video: the condition frame, then `n_batch` shots of parallel-denoised windows, decoded and encoded."""
     import torch
 
@@ -226,7 +236,8 @@ def render_job(models: AnimateModels, job: Job, items: list[Item], steps: int, q
         text = torch.cat([negative, prompt]).to(models.device, models.dtype)  # [uncond; cond]
         image = None if item.image is None else crop_resize(read_image(item.image), item.height, item.width)
         if image is None:
-            condition = first_frame_latent(models, text, item, request, generator, quiet)
+            first_pose = None if pose is None else pose_frames(request, pose, item, 0, 1).to(models.device, models.dtype)
+            condition = first_frame_latent(models, text, item, request, generator, first_pose, quiet)
             image = decode_latents(models.vae, condition)[0]
         else:
             condition = encode_image(models.vae, image)
@@ -237,8 +248,11 @@ def render_job(models: AnimateModels, job: Job, items: list[Item], steps: int, q
     shots = []
     with progress(quiet) as bar:
         task = bar.add_task("sampling", total=request.n_batch * steps)
-        for _ in range(request.n_batch):
-            latents = sample_shot(models, condition, text, ip_tokens, reference, request, steps, generator,
+        for shot in range(request.n_batch):
+            # shot i covers video frames i*T+1 .. (i+1)*T; its condition frame is frame i*T (the image, or the last so far)
+            control = None if pose is None else pose_frames(request, pose, item, shot * request.time_size,
+                                                            request.time_size + 1).to(models.device, models.dtype)
+            latents = sample_shot(models, condition, text, ip_tokens, reference, control, request, steps, generator,
                                   advance=None if bar.disable else lambda state: bar.advance(task))
             shots.append(latents)
             condition = latents[:, :, -1:]  # the next shot starts from this one's last (clean) latent
@@ -248,12 +262,20 @@ def render_job(models: AnimateModels, job: Job, items: list[Item], steps: int, q
     timings["decode_and_write"] = clock.lap()
     details = {"prompt": item.prompt, "image": None if item.image is None else str(item.image), "task": item.name,
                "num_frames": total, "fps": request.fps, "height": item.height, "width": item.width,
-               "variant": request.variant}
+               "variant": request.variant, "pose_video": None if request.pose_video is None else str(request.pose_video)}
     return Rendered(details, timings)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Validation (before any model loads; nothing here imports torch)
+
+
+def resolve_defaults(request: AnimateRequest) -> AnimateRequest:
+    """The variant and motion speed that depend on --pose-video (upstream's text2video vs video2video scripts)."""
+    pose = request.pose_video is not None
+    variant = request.variant or ("musev_referencenet_pose" if pose else "musev_referencenet")
+    speed = request.motion_speed if request.motion_speed is not None else POSE_MOTION_SPEED if pose else IMAGE_MOTION_SPEED
+    return replace(request, variant=variant, motion_speed=speed)
 
 
 def check_options(request: AnimateRequest, opts: GenerationOptions) -> None:
@@ -290,9 +312,21 @@ def check_numbers(request: AnimateRequest) -> None:
     check_range("--vae-batch-size", request.vae_batch_size, 1, MAX_FRAMES)
 
 
-def check_weights(weights_dir: Path, variant: str) -> AnimateWeights:
+def check_pose_video(request: AnimateRequest) -> VideoStreamInfo:
+    """The pose video must hold a frame for every frame made: 1 + n_batch x time_size, one pose frame each."""
+    video = probe(request.pose_video).require_video()
+    needed = 1 + request.n_batch * request.time_size
+    if video.num_frames < needed:
+        shots = (video.num_frames - 1) // request.time_size
+        raise BadInput(f"--pose-video {request.pose_video}: {video.num_frames} frames, but {needed} are needed "
+                       f"(1 + --n-batch {request.n_batch} x --time-size {request.time_size}; one pose frame per frame)",
+                       hint=f"use --n-batch {shots}" if shots else f"use --time-size {video.num_frames - 1} or less")
+    return video
+
+
+def check_weights(weights_dir: Path, variant: str, pose: bool = False) -> AnimateWeights:
     """Every file the loaders read: the variant's motion UNet, the SD1.5 base, the VAE; the ReferenceNet, the
-    IP-Adapter projection and image encoder for the referencenet variants."""
+    IP-Adapter projection and image encoder for the referencenet variants; the openpose ControlNet for a pose video."""
     check = WeightsCheck(weights_dir)
     motion = f"{MUSEV_FOLDER}/motion/{variant}"
     check.file("musev", f"{motion}/unet/config.json")
@@ -311,11 +345,14 @@ def check_weights(weights_dir: Path, variant: str) -> AnimateWeights:
         projection = check.file("musev", f"{motion}/ip_adapter_image_proj.bin")
         encoder = f"{MUSEV_FOLDER}/IP-Adapter/models/image_encoder"
         check.pretrained("musev", encoder, "CLIPVisionModelWithProjection", "transformers")
+    if pose:
+        check.pretrained("controlnet-openpose", CONTROLNET_FOLDER, "ControlNetModel", "diffusers")
     check.raise_if_missing()
     root = check.root
     return AnimateWeights(root, root / motion / "unet", root / base, base_unet, root / MUSEV_FOLDER / "vae/sd-vae-ft-mse",
                           None if referencenet is None else root / referencenet, projection,
-                          None if encoder is None else root / encoder, check.files)
+                          None if encoder is None else root / encoder, root / CONTROLNET_FOLDER if pose else None,
+                          check.files)
 
 
 def read_json(path: Path) -> dict:
@@ -378,6 +415,8 @@ def task_items(request: AnimateRequest, native: int | None) -> list[Item]:
         entries = yaml.safe_load(path.read_text())
     except OSError as error:
         raise BadInput(f"--task-file {path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"--task-file {path}: not a text file (not UTF-8)", hint="give a YAML task file") from None
     except yaml.YAMLError as error:
         raise BadInput(f"--task-file {path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries) or not entries:
@@ -407,10 +446,7 @@ def task_item(name: str, entry: dict, request: AnimateRequest, task_file: Path, 
     if entry.get("video_path"):
         raise BadInput(f"--task-file {task_file}: item {name} is video-to-video (video_path), which avtool animate "
                        "does not run yet", hint=f"leave it out with --target, e.g. --target {name}")
-    try:
-        prompt = str(entry.get("prompt") or "").format(**{k: v for k, v in entry.items() if k != "prompt"})
-    except (KeyError, IndexError, ValueError) as error:
-        raise BadInput(f"--task-file {task_file}: item {name}: the prompt's placeholder {error} has no value") from None
+    prompt = fill_placeholders(str(entry.get("prompt") or ""), entry, f"--task-file {task_file}: item {name}")
     overrides = {}
     for key, kind in TASK_OVERRIDES.items():
         if entry.get(key) is not None:
@@ -433,6 +469,18 @@ def task_item(name: str, entry: dict, request: AnimateRequest, task_file: Path, 
                            width=request.width or _multiple(overrides.get("width"), item_request))
     height, width = output_size(image_path, size_request, native)
     return Item(name, prompt, image_path, height, width, item_request)
+
+
+def fill_placeholders(prompt: str, entry: dict, where: str) -> str:
+    """`{key}` in a task prompt replaced by the item's `key` (upstream's `generate_prompts`, e.g. {eye_blinks_factor});
+    only plain names, so a prompt cannot reach attributes as str.format would."""
+    def value(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in entry or key == "prompt":
+            raise BadInput(f"{where}: the prompt's placeholder {{{key}}} has no value in the item")
+        return str(entry[key])
+
+    return re.sub(r"\{(\w+)\}", value, prompt)
 
 
 def _multiple(pixels: int | None, request: AnimateRequest) -> int | None:
@@ -490,10 +538,11 @@ def video_fusion_noise(shape: tuple[int, ...], condition, request: AnimateReques
     return math.sqrt(request.img_weight) * mean + math.sqrt(1 - request.img_weight) * noise
 
 
-def sample_shot(models: AnimateModels, condition, text, ip_tokens, reference, request: AnimateRequest, steps: int,
-                generator, advance=None):
+def sample_shot(models: AnimateModels, condition, text, ip_tokens, reference, control, request: AnimateRequest,
+                steps: int, generator, advance=None):
     """One shot of `time_size` frames after `condition`: Euler (diffusers, on the base model's scheduler config) with
-    CFG over overlapping windows, each led by the clean condition latent."""
+    CFG over overlapping windows, each led by the clean condition latent; `control`: the pose frames (1, 3, 1 + T,
+    H, W) of the condition frame and the shot's frames, or None."""
     import torch
 
     from avtool.models.musev.denoiser import MuseVDenoiser
@@ -510,18 +559,23 @@ def sample_shot(models: AnimateModels, condition, text, ip_tokens, reference, re
     scheduler.set_timesteps(steps)
     shape = (1, condition.shape[1], request.time_size, *condition.shape[-2:])
     x = scale_initial_noise(video_fusion_noise(shape, condition, request, generator), scheduler)
-    model = MuseVDenoiser(models.unet, condition.shape[2], request.motion_speed, request.ip_scale)
+    model = MuseVDenoiser(models.unet, condition.shape[2], request.motion_speed, request.ip_scale,
+                          controlnet=models.controlnet)
     model.set_reference(reference)
     windows = context_windows(request.time_size, request.context_frames, request.context_overlap)
-    denoise = ParallelDenoiser(CFGDenoiser(model, request.guidance), windows, condition, request.context_batch_size)
-    extra = {"text": text} if ip_tokens is None else {"text": text, "ip_tokens": ip_tokens}
+    denoise = ParallelDenoiser(CFGDenoiser(model, request.guidance), windows, condition, request.context_batch_size,
+                               frame_args=("control_images",))
+    extra = {"text": text, "ip_tokens": ip_tokens, "control_images": control}
+    extra = {name: value for name, value in extra.items() if value is not None}
     with torch.inference_mode():
         return sample_discrete(denoise, x.to(models.device, models.dtype), scheduler, extra_args=extra, callback=advance)
 
 
-def first_frame_latent(models: AnimateModels, text, item: Item, request: AnimateRequest, generator, quiet: bool):
+def first_frame_latent(models: AnimateModels, text, item: Item, request: AnimateRequest, generator, control,
+                       quiet: bool):
     """Without an image: the first frame generated by the same UNet with its temporal layers off (upstream:
-    `skip_temporal_layer`, 30 steps, guidance 7.5), as the condition latent (1, C, 1, h, w)."""
+    `skip_temporal_layer`, 30 steps, guidance 7.5; with a pose video, under the ControlNet on its first pose frame),
+    as the condition latent (1, C, 1, h, w)."""
     import torch
 
     from avtool.models.musev.denoiser import MuseVDenoiser
@@ -531,11 +585,22 @@ def first_frame_latent(models: AnimateModels, text, item: Item, request: Animate
     scheduler.set_timesteps(request.first_frame_steps)
     shape = (1, models.vae.config.latent_channels, 1, item.height // 8, item.width // 8)
     x = scale_initial_noise(torch.randn(shape, generator=generator), scheduler).to(models.device, models.dtype)
-    model = MuseVDenoiser(models.unet, 0, request.motion_speed, skip_temporal=True)
+    model = MuseVDenoiser(models.unet, 0, request.motion_speed, skip_temporal=True, controlnet=models.controlnet)
+    extra = {"text": text} if control is None else {"text": text, "control_images": control}
     with progress(quiet) as bar:
         task = bar.add_task("first frame", total=request.first_frame_steps)
-        return sample_discrete(CFGDenoiser(model, request.first_frame_guidance), x, scheduler, extra_args={"text": text},
+        return sample_discrete(CFGDenoiser(model, request.first_frame_guidance), x, scheduler, extra_args=extra,
                                callback=None if bar.disable else lambda state: bar.advance(task))
+
+
+def pose_frames(request: AnimateRequest, pose: VideoStreamInfo, item: Item, first: int, count: int):
+    """Pose frames first .. first + count - 1, centre-cropped and resized to the video's size, as the ControlNet's
+    images (1, 3, count, H, W) in [0, 1]."""
+    import torch
+
+    frames = np.concatenate(list(frames_at(request.pose_video, range(first, first + count), video=pose)))
+    resized = np.stack([crop_resize(frame, item.height, item.width) for frame in frames])
+    return torch.from_numpy(resized).permute(3, 0, 1, 2)[None].float() / 255
 
 
 def decode_latents(vae, latents) -> np.ndarray:

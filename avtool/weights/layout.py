@@ -37,6 +37,7 @@ MAPPERS = ("vggsound", "landscape", "audioset_drum")  # upstream's models/<datas
 # MuseV (`avtool animate`): the TMElyralab/MuseV repository's own folders under one folder.
 MUSEV_FOLDER = "musev"
 MUSEV_BASE_MODEL = "t2i/sd1.5/majicmixRealv6Fp16"  # the SD1.5 model whose spatial weights go over the motion UNet
+CONTROLNET_FOLDER = "control_v11p_sd15_openpose"  # the openpose ControlNet of `animate --pose-video`
 VARIANTS = ("bf16", "fp16")
 
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from avtool.errors import BadInput
-from avtool.weights.layout import BEATS_FILE, BEATS_FOLDER, MAPPER_FILE, MAPPERS, TEMPOTOKENS_FOLDER, ZEROSCOPE_FOLDER
+from avtool.weights.layout import (
+    BEATS_FILE,
+    BEATS_FOLDER,
+    CONTROLNET_FOLDER,
+    MAPPER_FILE,
+    MAPPERS,
+    TEMPOTOKENS_FOLDER,
+    ZEROSCOPE_FOLDER,
+)
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,20 @@ _MODELS = [
         needed_by=("animate", "train"),
         note="the three motion variants, the two SD1.5 bases, sd-vae-ft-mse and the IP-Adapter image encoder, "
         "in the repository's own folders",
+    ),
+    Model(
+        id="controlnet-openpose",
+        components=(
+            Component(
+                folder=CONTROLNET_FOLDER,
+                repo="lllyasviel/control_v11p_sd15_openpose",
+                allow=("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                approx_gb=1.45,
+                licence="OpenRAIL (model card)",
+            ),
+        ),
+        needed_by=("animate",),
+        note="openpose ControlNet for `avtool animate --pose-video`",
     ),
     Model(
         id="tempotokens",

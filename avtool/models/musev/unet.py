@@ -34,6 +34,16 @@ class ReferenceFeatures:
     mid: torch.Tensor
 
 
+@dataclass(frozen=True)
+class ControlResiduals:
+    """ControlNet outputs for every frame, added as diffusers' UNets add `down_block_additional_residuals` and
+    `mid_block_additional_residual`: `down` = one map ((B*T), C, h, w) per skip connection (conv_in output and
+    every down output), `mid` = one for the mid-block output."""
+
+    down: tuple[torch.Tensor, ...]
+    mid: torch.Tensor
+
+
 def refer_emb_indices(block: int, layers_per_block: int, num_blocks: int) -> range:
     """Which `ReferenceFeatures.down` maps down block `block` fuses.
 
@@ -92,7 +102,7 @@ class MuseVUNet(nn.Module):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor, *,
                 condition_frames: int = 0, motion_speed: float = 8.0, frame_index: torch.Tensor | None = None,
                 refer: ReferenceFeatures | None = None, ip_tokens: torch.Tensor | None = None, ip_scale: float = 1.0,
-                skip_temporal: bool = False) -> torch.Tensor:
+                control: ControlResiduals | None = None, skip_temporal: bool = False) -> torch.Tensor:
         """ε for every frame of `sample` (B, C, T, H, W), condition frames included.
 
         timestep: scalar or (B,). encoder_hidden_states: text tokens (B, L, D) for all frames or (B, T, L, D).
@@ -100,6 +110,8 @@ class MuseVUNet(nn.Module):
         motion_speed: frame-index multiplier of the anivv1 variants (upstream `sample_frame_rate`); ignored when
         `frame_index` (T,) or (B, T) is given. refer: ReferenceNet features (referencenet variants; None skips
         the fusion). ip_tokens: IP-Adapter image tokens (B, n, D), used by the variants with IP-Adapter layers.
+        control: ControlNet residuals, added to the skip connections and to the mid-block output (after the
+        ReferenceNet fusion, as upstream).
         skip_temporal: bypass every temporal layer (upstream's first-frame generation).
         """
         config = self.config
@@ -121,9 +133,13 @@ class MuseVUNet(nn.Module):
                 maps = [refer.down[j] for j in refer_emb_indices(i, config.layers_per_block, len(self.down_blocks))]
             hidden, outputs = block(hidden, inputs, maps)
             skips += outputs
+        if control is not None:
+            skips = [skip + residual for skip, residual in zip(skips, control.down, strict=True)]
         hidden = self.mid_block(hidden, inputs)
         if refer is not None:
             hidden = self.mid_block_refer_emb_attns(hidden, refer.mid, num_frames)
+        if control is not None:
+            hidden = hidden + control.mid
         for block in self.up_blocks:
             count = len(block.resnets)
             skips, used = skips[:-count], skips[-count:]

@@ -15,6 +15,7 @@ BUILDERS: dict[str, str] = {
     "vidmuse": "avtool.weights.tiny.vidmuse:build",
     "tempotokens": "avtool.weights.tiny.tempotokens:build",
     "musev": "avtool.weights.tiny.musev:build",
+    "controlnet-openpose": "avtool.weights.tiny.musev:build_controlnet",
 }
 
 

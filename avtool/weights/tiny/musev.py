@@ -3,11 +3,14 @@
 - `motion/<variant>/unet/{config.json, diffusion_pytorch_model.bin}` for the three variants, plus
   `motion/musev_referencenet/referencenet/...` and `motion/<referencenet variants>/ip_adapter_image_proj.bin`;
 - `t2i/sd1.5/majicmixRealv6Fp16/` (a diffusers SD1.5 folder), `vae/sd-vae-ft-mse/`,
-  `IP-Adapter/models/image_encoder/` (CLIP vision model with projection).
+  `IP-Adapter/models/image_encoder/` (CLIP vision model with projection);
+
+and (`build_controlnet`) an openpose ControlNet in the `lllyasviel/control_v11p_sd15_openpose` layout.
 
 Widths are cut down; three UNet blocks whose last two have equal width keep the ReferenceNet index quirk
 channel-consistent. Layers upstream zero-initialises (temporal conv4/proj_out, refer-fuse to_out, and the
-1e-5 `temporal_weight` scalars) are random here so that every path changes the output.
+1e-5 `temporal_weight` scalars), and the ControlNet's zero convolutions, are random here so that every path
+changes the output.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from avtool.weights.layout import CONTROLNET_FOLDER
 from avtool.weights.layout import MUSEV_BASE_MODEL as BASE_MODEL
 from avtool.weights.layout import MUSEV_FOLDER as FOLDER
 from avtool.weights.tiny.folders import write_pipeline_folder
@@ -36,7 +40,9 @@ SCHEDULER_CONFIG = {  # SD1.5's scheduler_config.json
     "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
     "steps_offset": 1, "trained_betas": None,
 }
+CONTROLNET_CONDITIONING_CHANNELS = (4, 8, 8, 16)  # three stride-2 convs: control images are 8x the latents
 _NOT_ZERO = ("temporal_weight", "conv4.3.", "proj_out.", "refer_emb_attns")
+_CONTROLNET_ZERO = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out.")
 
 
 def build(weights_dir: Path) -> list[Path]:
@@ -65,6 +71,24 @@ def build(weights_dir: Path) -> list[Path]:
     _write_vae(root / "vae/sd-vae-ft-mse")
     _write_image_encoder(root / "IP-Adapter/models/image_encoder")
     return [root]
+
+
+def build_controlnet(weights_dir: Path) -> list[Path]:
+    """Write a ControlNet shaped like the tiny SD1.5 UNet under `weights_dir` (deterministic) and return its folder."""
+    import torch
+    from diffusers import ControlNetModel
+
+    folder = Path(weights_dir) / CONTROLNET_FOLDER
+    torch.manual_seed(60)
+    spatial = {key: value for key, value in SPATIAL.items() if key not in ("out_channels", "sample_size")}
+    controlnet = ControlNetModel(**spatial, down_block_types=SD_BLOCKS["down_block_types"],
+                                 conditioning_embedding_out_channels=CONTROLNET_CONDITIONING_CHANNELS)
+    with torch.no_grad():
+        for name, parameter in controlnet.named_parameters():
+            if name.startswith(_CONTROLNET_ZERO):
+                parameter.copy_(torch.randn_like(parameter) * 0.2)
+    controlnet.save_pretrained(folder)
+    return [folder]
 
 
 def write_sd15(folder: Path) -> Path:
