@@ -13,27 +13,19 @@ from __future__ import annotations
 import argparse
 import functools
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from common import measure_avtool, weights_folder
+
 if TYPE_CHECKING:
     import torch
     from transformers import MusicgenForCausalLM
 
 Result = TypeVar("Result")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-CHILD = r"""
-import resource, subprocess, sys, time
-start = time.perf_counter()
-code = subprocess.run([sys.executable, "-m", "avtool", "score", *sys.argv[1:]]).returncode
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(f"{code} {time.perf_counter() - start:.1f} {peak:.0f}")
-"""
 
 
 def token_loop_vs_generate(weights: Path, tokens: int) -> None:
@@ -148,10 +140,8 @@ def score_runs(weights: Path, lengths: list[float]) -> None:
             video = Path(tmp) / f"v{seconds:g}.mp4"
             subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", f"testsrc=size=320x240:rate=25:duration={seconds}",
                             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(video)], check=True)
-            out = subprocess.run([sys.executable, "-c", CHILD, str(video), "--weights-dir", str(weights), "--seed", "1", "-q",
-                                  "--output-dir", str(Path(tmp) / f"out{seconds:g}")], capture_output=True, text=True,
-                                 cwd=REPO, env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-            code, wall, peak = out.stdout.split()
+            code, wall, peak = measure_avtool("score", video, "--weights-dir", weights, "--seed", "1", "-q",
+                                              "--output-dir", Path(tmp) / f"out{seconds:g}")
             print(f"[2] score of a {seconds:g} s 320x240 video: exit {code}, {wall} s, peak RSS {peak} MB")
 
 
@@ -162,13 +152,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=70)
     parser.add_argument("--long", type=float, default=600)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = args.weights_dir
-        if weights is None:
-            from avtool.weights.tiny import build_tiny
-
-            weights = Path(tmp) / "weights"
-            build_tiny(weights, ["vidmuse"])
+    with weights_folder(args.weights_dir, ["vidmuse"]) as weights:
         token_loop_vs_generate(weights, args.tokens)
         score_runs(weights, [args.seconds, args.long])
 

@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, weights_folder
 
 
 def job_split(weights: Path, steps: int) -> None:
@@ -117,16 +116,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = args.weights_dir
-        if weights is None:
-            from avtool.weights.tiny import build_tiny
-
-            weights = Path(tmp) / "weights"
-            build_tiny(weights, ["tempotokens"])
+    with weights_folder(args.weights_dir, ["tempotokens"]) as weights:
         job_split(weights, args.steps)
         sampling_loops(weights, args.steps, args.frames, args.repeats)
-
 
 if __name__ == "__main__":
     main()
