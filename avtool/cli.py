@@ -254,9 +254,44 @@ def download_weights(
 
 
 @command("preprocess")
-def preprocess(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
-    """Turn a folder of videos into training clips and cached features."""
-    _not_available("preprocess")
+def preprocess(
+    kind: Annotated[str, typer.Argument(help="What to prepare: dance (MusicInfuser).", show_default=False)],
+    videos: Annotated[Path, typer.Argument(help="Folder of videos (subfolders too); a <stem>.txt beside a video is its caption.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the clips and their cached features.", file_okay=False, show_default=False)],
+    num_frames: Annotated[int, typer.Option("--num-frames", help="Frames per clip at 30 fps: 6k+1 (73: 2.5 s clips, as upstream).")] = 73,
+    weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Weights folder (mochi-1-preview and musicinfuser's wav2vec2).", envvar="AVTOOL_WEIGHTS")] = Path("weights"),
+    crop: Annotated[str, typer.Option("--crop", help="random: --clips-per-minute seeded segments per minute of video (upstream); center: one from the middle.")] = "random",
+    clips_per_minute: Annotated[float, typer.Option("--clips-per-minute", help="Random segments per minute of video.")] = 5.0,
+    caption: Annotated[Optional[str], typer.Option("--caption", help="Caption for videos without a <stem>.txt (default: \"a dance video\").", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random segments (default: drawn and reported).", show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="The VAE's: auto, fp32, bf16 or fp16 (T5 and wav2vec2 run in fp32).")] = "auto",
+    *,
+    json: bool,
+    quiet: bool,
+) -> None:
+    """Turn a folder of dance videos into MusicInfuser training clips and cached features (upstream's preprocess.bash).
+
+    Resumable: a re-run skips the clips already complete. A video that gives no clip is reported with its reason and
+    the run goes on.
+    """
+    from avtool.errors import BadInput
+    from avtool.pipelines.common import check_choice
+    from avtool.pipelines.preprocess import DancePreprocessOptions, preprocess_dance
+    from avtool.ui import print_json, say
+
+    check_choice("preprocess KIND", kind, ("dance",))
+    options = DancePreprocessOptions(num_frames=num_frames, crop=crop, clips_per_minute=clips_per_minute, caption=caption,
+                                     seed=seed, device=device, dtype=dtype)
+    summary = preprocess_dance(videos, output, options, weights_dir, quiet)
+    for rejection in summary.rejected:
+        say(f"rejected {rejection.path}: {rejection.reason}", quiet)
+    say(f"{output}: {len(summary.written)} clip(s) written, {len(summary.skipped)} already complete, "
+        f"{len(summary.rejected)} rejected (seed {summary.seed})", quiet)
+    if json:
+        print_json(summary.to_dict())
+    if not summary.written and not summary.skipped:
+        raise BadInput(f"{videos}: no video gave a clip", hint="see the rejections above")
 
 
 @command("dance", generation=True)

@@ -382,13 +382,18 @@ def music_excerpt(path: Path, song: AudioStreamInfo, request: DanceRequest, star
 
 
 def wav2vec_input(path: Path, song: AudioStreamInfo, request: DanceRequest, start: int) -> np.ndarray:
-    """wav2vec2's 16 kHz input for the excerpt at 44.1 kHz sample `start`, computed as upstream computes it.
+    """wav2vec2's 16 kHz input for the request's excerpt at 44.1 kHz sample `start` (see `wave_16k`)."""
+    return wave_16k(path, song, excerpt_seconds(request), start)
+
+
+def wave_16k(path: Path, song: AudioStreamInfo, seconds: float, start: int) -> np.ndarray:
+    """wav2vec2's 16 kHz input for `seconds` from 44.1 kHz sample `start`, computed as upstream computes it.
 
     Upstream resamples the whole 44.1 kHz song with torchaudio's windowed sinc, keeps channel 0, crops from
     `int(start / 44100 * 16000)` and zero-pads to `ceil(16000 * seconds)`. The same samples come from a window of
     the song with the kernel's margins (`avtool.media.resample`), so only a few seconds are decoded.
     """
-    seconds, total = excerpt_seconds(request), upstream_length(song)
+    total = upstream_length(song)
     first, count = int(start / UPSTREAM_SAMPLE_RATE * WAV2VEC_RATE), math.ceil(WAV2VEC_RATE * seconds)
     lo, hi = sinc_window_bounds(first, count, UPSTREAM_SAMPLE_RATE, WAV2VEC_RATE, total)
     window = song_at_44k(path, song, lo, hi)
@@ -427,29 +432,43 @@ def load_transformer(weights: DanceWeights, device: str, dtype, adapter: bool = 
 def encode_prompt(weights: DanceWeights, prompt: str, device: str, dtype):
     """T5 embeddings and masks of [empty prompt, prompt], (2, 256, D) in `dtype` and (2, 256); T5 is freed afterwards.
 
-    T5 runs in fp32, as upstream does (it runs once per run). The empty prompt gets zeroed token ids and an
-    all-False mask, as genmo does (diffusers: `force_zeros_for_empty_prompt=True`), which is also what
-    MusicInfuser's caption dropout trained on.
+    T5 runs in fp32, as upstream does (it runs once per run).
     """
+    import torch
+
+    tokenizer, text_encoder = load_t5(weights.mochi, device)
+    embeds, masks = zip(*(t5_embed(tokenizer, text_encoder, text, device) for text in ("", prompt)), strict=True)
+    del text_encoder
+    return torch.cat(embeds).to(dtype), torch.cat(masks)
+
+
+def load_t5(mochi: Path, device: str):
+    """Mochi's T5 tokenizer and encoder (fp32, eval) from the checked Mochi folder."""
     import torch
     from transformers import AutoTokenizer, T5EncoderModel
 
     from avtool.weights.loading import load_pretrained
 
-    tokenizer = load_pretrained(AutoTokenizer, weights.mochi / "tokenizer")
-    text_encoder = load_pretrained(T5EncoderModel, weights.mochi / "text_encoder", dtype=torch.float32).to(device).eval()
-    embeds, masks = [], []
-    for text in ("", prompt):
-        tokens = tokenizer(text, padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
-                           return_tensors="pt")
-        ids, mask = tokens.input_ids.to(device), tokens.attention_mask.bool().to(device)
-        if text == "":
-            ids, mask = torch.zeros_like(ids), torch.zeros_like(mask)
-        with torch.inference_mode():
-            embeds.append(text_encoder(ids, attention_mask=mask)[0])
-        masks.append(mask)
-    del text_encoder
-    return torch.cat(embeds).to(dtype), torch.cat(masks)
+    tokenizer = load_pretrained(AutoTokenizer, mochi / "tokenizer")
+    text_encoder = load_pretrained(T5EncoderModel, mochi / "text_encoder", dtype=torch.float32).to(device).eval()
+    return tokenizer, text_encoder
+
+
+def t5_embed(tokenizer, text_encoder, text: str, device: str):
+    """One text's T5 embeddings (1, 256, D) in the encoder's dtype and its mask (1, 256) bool.
+
+    The empty text gets zeroed token ids and an all-False mask, as genmo does (diffusers:
+    `force_zeros_for_empty_prompt=True`), which is also what MusicInfuser's caption dropout trained on.
+    """
+    import torch
+
+    tokens = tokenizer(text, padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
+                       return_tensors="pt")
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.bool().to(device)
+    if text == "":
+        ids, mask = torch.zeros_like(ids), torch.zeros_like(mask)
+    with torch.inference_mode():
+        return text_encoder(ids, attention_mask=mask)[0], mask
 
 
 def initial_noise(seed: int, num_frames: int, height: int, width: int, device: str = "cpu"):
