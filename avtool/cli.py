@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from avtool import __version__
-from avtool.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, AvtoolError, Interrupted, NotAvailable, stop_on_signals
+from avtool.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, AvtoolError, Interrupted, stop_on_signals
 from avtool.pipelines.common import GenerationOptions
 
 app = typer.Typer(
@@ -163,10 +163,6 @@ def _root(
 
 
 Inputs = Annotated[Optional[list[Path]], typer.Argument(help="Input files.", show_default=False)]
-
-
-def _not_available(name: str) -> None:
-    raise NotAvailable(f"{name} is not available yet", hint="this subcommand lands in a later release")
 
 
 @command("probe")
@@ -444,9 +440,42 @@ def tokens(
 
 
 @command("train")
-def train(inputs: Inputs = None, *, json: bool, quiet: bool) -> None:
-    """Fine-tune or train the adapters, one process or many under torchrun."""
-    _not_available("train")
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="Training config (upstream's keys), e.g. configs/music_infuser.yaml.", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's latest checkpoint.")] = False,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps in all (the schedule still spans the config's num_steps).", show_default=False)] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Folder for checkpoints, metrics and the adapter (default: the config's checkpoint_dir).", file_okay=False, show_default=False)] = None,
+    weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Weights folder (the frozen base models).", envvar="AVTOOL_WEIGHTS")] = Path("weights"),
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")] = "auto",
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Instead of training, draw RUN_DIR's loss curve to RUN_DIR/loss.png.", file_okay=False, show_default=False)] = None,
+    *,
+    json: bool,
+    quiet: bool,
+) -> None:
+    """Fine-tune an audio adapter (MusicInfuser), one process or many under torchrun; resumable.
+
+    `python -m torch.distributed.run --nproc-per-node N -m avtool train CONFIG` trains on N processes (gloo on CPU,
+    NCCL on GPUs); `bash/run.bash -c CONFIG -n N` does the same.
+    """
+    from avtool.errors import BadInput
+    from avtool.pipelines.train import TrainRequest
+    from avtool.pipelines.train import plot as plot_run
+    from avtool.pipelines.train import train as run_train
+    from avtool.ui import print_json, say
+
+    if plot is not None:
+        png = plot_run(plot, None)
+        say(f"wrote {png}", quiet)
+        if json:
+            print_json({"plot": str(png)})
+        return
+    if config is None:
+        raise BadInput("no config: give a training config file", hint="e.g. avtool train configs/music_infuser.yaml")
+    result = run_train(TrainRequest(config=config, run_dir=run_dir, resume=resume, max_steps=max_steps,
+                                    weights_dir=weights_dir, device=device, quiet=quiet))
+    say(f"{result['run_dir']}: step {result['step']}, loss {result['loss']}", quiet)
+    if json:
+        print_json(result)
 
 
 @command("eval")

@@ -36,16 +36,6 @@ def test_cli_import_pulls_in_no_heavy_library():
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("name", ["score", "animate", "tokens", "preprocess", "train"])
-def test_unreleased_subcommands_exit_2_and_say_so(name):
-    result = run_avtool(name)
-    if "not available yet" not in result.stderr:
-        pytest.skip(f"{name} has landed")
-    assert result.returncode == 2
-    assert f"error: {name} is not available yet" in result.stderr
-    assert result.stdout == ""
-
-
 @pytest.mark.parametrize("name", SUBCOMMANDS)
 def test_every_subcommand_has_json_quiet_and_debug(name):
     result = run_avtool(name, "--help")

@@ -98,13 +98,22 @@ class MusicInfuserTransformer(MochiTransformer3DModel):
         **mochi_config,
     ) -> None:
         super().__init__(**mochi_config)
-        layers = tuple(audio_cross_attn_layers) if audio_dim is not None else ()
+        self.register_to_config(audio_dim=None, audio_cross_attn_layers=(), sample_height=sample_height, sample_width=sample_width)
+        self.register_module("audio_projection", None)
+        self.audio_cross_attn_blocks = nn.ModuleList()
+        self._audio_block_after: dict[int, int] = {}
+        if audio_dim is not None:
+            self.add_audio_adapter(audio_dim, audio_cross_attn_layers)
+
+    def add_audio_adapter(self, audio_dim: int, layers: tuple[int, ...] = AUDIO_CROSS_ATTN_LAYERS) -> None:
+        """Attach a freshly initialised audio projector and cross-attention after `layers`, as upstream creates them
+        (default init; each cross-attention's output projection zero, so the DiT's output is unchanged)."""
+        layers = tuple(layers)
         if any(not 0 <= i < len(self.transformer_blocks) for i in layers):
             raise ValueError(f"audio cross-attention layers {layers} outside the {len(self.transformer_blocks)} blocks")
-        self.register_to_config(audio_dim=audio_dim, audio_cross_attn_layers=layers,
-                                sample_height=sample_height, sample_width=sample_width)
+        self.register_to_config(audio_dim=audio_dim, audio_cross_attn_layers=layers)
         dim = self.config.num_attention_heads * self.config.attention_head_dim
-        self.audio_projection = AudioProjector(audio_dim, dim) if audio_dim is not None else None
+        self.audio_projection = AudioProjector(audio_dim, dim)
         self.audio_cross_attn_blocks = nn.ModuleList(AudioCrossAttention(dim) for _ in layers)
         self._audio_block_after = {block: j for j, block in enumerate(layers)}
 
@@ -225,6 +234,31 @@ def convert_adapter(state_dict: dict[str, torch.Tensor], metadata: dict[str, str
             lora[f"transformer_blocks.{block}.attn1.{name}.weight"] = LoraFactors(down, rows, scales[kind])
         used.update(halves.values())
     return ConvertedAdapter(lora, audio, layers, used, sorted(set(state_dict) - used))
+
+
+def lora_projections(model: nn.Module) -> dict[str, list[str]]:
+    """The inverse map of `convert_adapter`'s LoRA: genmo's name of each LoRA-carrying projection of `model`,
+    `blocks.{i}.attn.{qkv_x|qkv_y|proj_x|proj_y}`, with the diffusers Linears it packs, in row order.
+
+    A block without `to_add_out` (the last one: it does not update the text stream) has no `proj_y`, as upstream.
+    """
+    modules = {name for name, _ in model.named_modules()}
+    projections: dict[str, list[str]] = {}
+    for i in range(len(model.transformer_blocks)):
+        for projection, names in _LORA_TARGETS.items():
+            paths = [f"transformer_blocks.{i}.attn1.{name}" for name in names]
+            if all(path in modules for path in paths):
+                projections[f"blocks.{i}.attn.{projection}"] = paths
+    return projections
+
+
+def adapter_metadata(lora_kwargs: dict[str, int | float], audio_cross_attn_layers: tuple[int, ...]) -> dict[str, str]:
+    """An adapter file's safetensors metadata, as upstream's `train.py` writes it: `kwargs`, the JSON of the
+    model's LoRA settings; plus avtool's layer list when it is not upstream's (tiny DiTs)."""
+    metadata = {"kwargs": json.dumps(lora_kwargs)}
+    if tuple(audio_cross_attn_layers) != AUDIO_CROSS_ATTN_LAYERS:
+        metadata[LAYERS_METADATA_KEY] = json.dumps(list(audio_cross_attn_layers))
+    return metadata
 
 
 def check_adapter(adapter: ConvertedAdapter, model: nn.Module) -> None:

@@ -141,8 +141,8 @@ def animate(request: AnimateRequest, opts: GenerationOptions) -> Iterator[dict[s
     shard = resolve_shard(opts.shard)
 
     # 2. Plan the jobs; each writes `<image stem, task name or prompt slug>_animated.mp4`.
-    sources = [{"item": i, "name": item.name or item.image or item.prompt} for i, item in enumerate(items)]
-    jobs = plan_jobs([{"name": s["name"], "item": s["item"]} for s in sources], opts, suffix="_animated", shard=shard)
+    sources = [{"name": item.name or item.image or item.prompt, "item": i} for i, item in enumerate(items)]
+    jobs = plan_jobs(sources, opts, suffix="_animated", shard=shard)
 
     # 3. Load once, then render each job.
     load = functools.partial(load_models, weights, request, opts, shard)
