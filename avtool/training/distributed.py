@@ -72,12 +72,20 @@ def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
     """Replace each gradient by its mean over the ranks; every rank ends with the same values."""
     if not dist.is_initialized():
         return
-    world = dist.get_world_size()
+    parameters = list(parameters)
     for parameter in parameters:
         if parameter.grad is None:  # unused this step on this rank: contribute zeros so the collectives line up
             parameter.grad = torch.zeros_like(parameter)
-        dist.all_reduce(parameter.grad)  # gloo has no AVG, so sum then divide
-        parameter.grad.div_(world)
+    # one all-reduce per dtype and device over the flattened gradients: one round trip, not one per tensor
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for parameter in parameters:
+        groups.setdefault((parameter.grad.dtype, parameter.grad.device), []).append(parameter.grad)
+    for grads in groups.values():
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        dist.all_reduce(flat)  # gloo has no AVG, so sum then divide
+        flat.div_(dist.get_world_size())
+        for grad, averaged in zip(grads, flat.split([grad.numel() for grad in grads]), strict=True):
+            grad.copy_(averaged.view_as(grad))
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:

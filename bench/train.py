@@ -1,0 +1,543 @@
+"""`avtool train` (MusicInfuser) on tiny weights, CPU: speed, checkpoints, and whether training teaches the model
+motion that follows the music.
+
+1. Speed: steps/s of `avtool train` for 1 process and for 2 gloo processes under torchrun (from metrics.jsonl,
+   first step excluded), and the checkpoint's write time (`save_checkpoint` timed on the task's own state) and size.
+2. Learning: synthetic clips whose picture (a smooth random texture) jumps to a new offset on every beat of a click
+   track at a random tempo; `avtool preprocess dance` at the tiny size; first a check that the tiny VAE carries the
+   beat motion through encode+decode (AV-Align and motion-curve correlation of the clip vs its reconstruction). The
+   random tiny VAE does not (its reconstruction flickers on every frame, AV-Align at chance), so by default the tiny
+   VAE is first trained as a plain autoencoder (pixel MSE + a small KL) on fresh beat windows for --train-vae seconds,
+   checked again, and used for everything after (preprocessing and `avtool dance`'s decode); then
+   `avtool train` for --steps steps, `avtool dance` on --seeds held-out songs (new tempi), and `avtool eval --metric
+   av-align` of
+     trained      the trained adapter, conditioned on song A, scored against song A (the music muxed in);
+     control a    the trained adapter, same seed, conditioned on another held-out song B, its picture scored against
+                  song A (the music muxed into the trained run's video): does the motion follow the music it was given?
+     control b    the fresh adapter the training starts from (zero LoRA B and cross-attention output: the bare DiT),
+                  conditioned on and scored against song A.
+   and the loss curve (metrics.jsonl summary; `avtool train --plot` writes loss.png).
+
+Prints figures, asserts nothing.
+
+Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae SECONDS] [--weights-dir DIR] [--work DIR]
+                             [--skip-speed] [--skip-learning]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.common import weights_folder  # noqa: E402
+
+FPS, SR = 30, 44100
+NUM_FRAMES = 19  # 6k+1; tiny Mochi latent: 4 frames of 4x6
+SOURCE_SIZE = (72, 48)  # (w, h): preprocess crops its 48x32 window out of it without scaling
+TEMPO_RANGE = (180.0, 300.0)  # BPM: 2-4 beats in a 0.7 s clip
+JUMP = 6  # pixels the texture moves on a beat
+TINY_AUDIO_LAYERS = (1, 3)
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Media made here
+
+
+def ffmpeg_exe() -> str:
+    from avtool.media.ffmpeg import ffmpeg_exe as exe
+
+    return exe()
+
+
+def click_track(seconds: float, bpm: float, phase: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(mono float32 samples at SR, beat times): a decaying noise burst + 60 Hz kick on each beat, silence between."""
+    n = int(round(seconds * SR))
+    y = np.zeros(n, np.float32)
+    beats = np.arange(phase, seconds, 60.0 / bpm)
+    t = np.arange(int(0.06 * SR)) / SR
+    hit = (rng.standard_normal(len(t)) * 0.5 + np.sin(2 * np.pi * 60 * t)) * np.exp(-t / 0.012)
+    for b in beats:
+        i = int(round(b * SR))
+        part = hit[: n - i]
+        y[i : i + len(part)] += part.astype(np.float32)
+    return (0.5 * y / max(1e-6, np.abs(y).max())).astype(np.float32), beats
+
+
+def beat_frames(seconds: float, beats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(frames, h, w, 3) uint8: a smooth random texture that jumps JUMP px in a random direction on each beat."""
+    w, h = SOURCE_SIZE
+    noise = rng.standard_normal((h * 2, w * 2))
+    spectrum = np.fft.fft2(noise)
+    fy, fx = np.fft.fftfreq(h * 2)[:, None], np.fft.fftfreq(w * 2)[None, :]
+    texture = np.real(np.fft.ifft2(spectrum * np.exp(-(fx**2 + fy**2) / (2 * 0.05**2))))
+    texture = (texture - texture.min()) / (np.ptp(texture) + 1e-9)
+    colour = rng.uniform(0.3, 1.0, 3)
+    count = int(round(seconds * FPS))
+    jumps = set(int(round(b * FPS)) for b in beats)
+    dy = dx = 0
+    frames = np.empty((count, h, w, 3), np.uint8)
+    for k in range(count):
+        if k in jumps:
+            angle = rng.uniform(0, 2 * np.pi)
+            dy, dx = dy + int(round(JUMP * np.sin(angle))), dx + int(round(JUMP * np.cos(angle)))
+        view = np.roll(texture, (dy, dx), axis=(0, 1))[:h, :w]
+        frames[k] = (255 * view[..., None] * colour).astype(np.uint8)
+    return frames
+
+
+def write_wav(path: Path, y: np.ndarray) -> Path:
+    import soundfile
+
+    soundfile.write(str(path), y, SR)
+    return path
+
+
+def write_video(path: Path, frames: np.ndarray, audio: Path | None) -> Path:
+    h, w = frames.shape[1:3]
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-r", str(FPS), "-i", "-"]
+    if audio is not None:
+        cmd += ["-i", str(audio), "-c:a", "aac", "-shortest"]
+    cmd += ["-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, input=frames.tobytes(), check=True)
+    return path
+
+
+def make_clip(folder: Path, name: str, seconds: float, seed: int) -> tuple[Path, float]:
+    rng = np.random.default_rng(seed)
+    bpm = rng.uniform(*TEMPO_RANGE)
+    y, beats = click_track(seconds, bpm, rng.uniform(0.05, 60.0 / bpm), rng)
+    wav = write_wav(folder / f"{name}.wav", y)
+    video = write_video(folder / f"{name}.mp4", beat_frames(seconds, beats, rng), wav)
+    wav.unlink()
+    return video, bpm
+
+
+def make_song(path: Path, seconds: float, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    bpm = rng.uniform(*TEMPO_RANGE)
+    y, _ = click_track(seconds, bpm, rng.uniform(0.05, 60.0 / bpm), rng)
+    write_wav(path, y)
+    return bpm
+
+
+def remux(video_from: Path, audio_from: Path, out: Path) -> Path:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(video_from), "-i", str(audio_from),
+                    "-map", "0:v:0", "-map", "1:a:0", "-c", "copy", str(out)], check=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# avtool runs
+
+
+def avtool(*args, torchrun: int = 0, check: bool = True) -> subprocess.CompletedProcess:
+    launch = [sys.executable]
+    if torchrun:
+        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)]
+    run = subprocess.run([*launch, "-m", "avtool", *map(str, args)], capture_output=True, text=True, env=ENV, cwd=REPO)
+    if check and run.returncode != 0:
+        raise SystemExit(f"avtool {' '.join(map(str, args))} failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    return run
+
+
+def write_config(path: Path, clips: Path, steps: int, lr: float, rank: int, save_interval: int, seed: int = 3) -> Path:
+    path.write_text(json.dumps({
+        "train_data_dir": str(clips), "seed": seed, "audio_mode": "cross_attn",
+        "audio_cross_attn_layers": list(TINY_AUDIO_LAYERS),
+        "model": {"type": "lora+audio", "kwargs": {"qkv_proj_lora_rank": rank, "qkv_proj_lora_alpha": rank,
+                                                   "out_proj_lora_rank": rank, "out_proj_lora_alpha": rank}},
+        "optimizer": {"lr": lr},
+        "training": {"num_steps": steps, "warmup_steps": max(1, steps // 20), "save_interval": save_interval,
+                     "num_qkv_checkpoint": 0, "num_ff_checkpoint": 0, "model_dtype": "fp32"}}))
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def steps_per_second(records: list[dict]) -> float:
+    """Steady steps/s: from the first logged step's time to the last (the first step's warm-up excluded)."""
+    if len(records) < 2:
+        return float("nan")
+    return (records[-1]["step"] - records[0]["step"]) / (records[-1]["time"] - records[0]["time"])
+
+
+def preprocess(videos: Path, out: Path, weights: Path, num_frames: int = NUM_FRAMES) -> dict:
+    run = avtool("preprocess", "dance", videos, "-o", out, "--num-frames", num_frames, "--crop", "center", "--seed", 1,
+                 "--weights-dir", weights, "--caption", "a dance video", "-q", "--json")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def av_align(files: list[Path], audio: list[Path | None] | None = None) -> list[float | None]:
+    """AV-Align of each file (against `audio[i]` where given, else its own audio track)."""
+    scores = []
+    for i, f in enumerate(files):
+        extra = ["--audio", audio[i]] if audio and audio[i] is not None else []
+        run = avtool("eval", f, "--metric", "av-align", *extra, "--json", "-q")
+        row = json.loads(run.stdout.strip().splitlines()[-1])
+        scores.append(find_score(row))
+    return scores
+
+
+def find_score(row) -> float | None:
+    """The av-align value in eval's JSON row, wherever it sits."""
+    if isinstance(row, dict):
+        for key, value in row.items():
+            if key == "av-align" and not isinstance(value, dict | list):
+                return value
+            found = find_score(value)
+            if found is not None:
+                return found
+    if isinstance(row, list):
+        for value in row:
+            found = find_score(value)
+            if found is not None:
+                return found
+    return None
+
+
+def mean_std(values: list[float | None]) -> str:
+    good = [v for v in values if v is not None]
+    if not good:
+        return "n/a"
+    return f"{np.mean(good):.3f} ± {np.std(good) / max(1, len(good)) ** 0.5:.3f} (n={len(good)}, undefined {len(values) - len(good)})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. Speed
+
+
+def speed(weights: Path, work: Path, steps: int) -> None:
+    print("== 1. speed: tiny MusicInfuser, CPU, fp32, batch 1 per process ==", flush=True)
+    videos, clips = work / "speed_videos", work / "speed_clips"
+    videos.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        make_clip(videos, f"s{i}", 1.5, 1000 + i)
+    preprocess(videos, clips, weights)
+    for procs in (1, 2):
+        run_dir = work / f"speed_run_{procs}"
+        config = write_config(work / f"speed_{procs}.yaml", clips, steps, 1e-3, 4, save_interval=steps)
+        start = time.perf_counter()
+        avtool("train", config, "--run-dir", run_dir, "--weights-dir", weights, "-q", "--json", torchrun=procs if procs > 1 else 0)
+        wall = time.perf_counter() - start
+        rate = steps_per_second(metrics(run_dir))
+        print(f"{procs} process{'es' if procs > 1 else ''}{' (torchrun, gloo)' if procs > 1 else ''}: "
+              f"{rate:.2f} steps/s ({rate * procs:.2f} clips/s), {steps} steps, whole command {wall:.1f} s", flush=True)
+    run_dir = work / "speed_run_1"
+    for path in sorted(run_dir.iterdir()):
+        if path.suffix in (".pt", ".safetensors"):
+            print(f"  {path.name}: {path.stat().st_size / 1024:.1f} KiB")
+    checkpoint_timing(weights, work / "speed_1.yaml", work / "ckpt_timing")
+
+
+def checkpoint_timing(weights: Path, config_path: Path, out: Path, repeats: int = 5) -> None:
+    """`save_checkpoint` timed on the task's state after one optimizer step (as the loop builds it, one rank)."""
+    import torch
+
+    from avtool.pipelines.train import read_config
+    from avtool.training.checkpoint import rng_states, save_checkpoint
+    from avtool.training.musicinfuser import Task
+
+    _, config, _ = read_config(config_path)
+    task = Task(config, weights, "cpu")
+    params = task.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    generator = torch.Generator().manual_seed(0)
+    task.loss(task.dataset()[:1], generator, 0).backward()
+    optimizer.step()
+    scheduler.step()
+    out.mkdir(parents=True, exist_ok=True)
+    times = []
+    for step in range(1, repeats + 1):
+        state = {"step": step, "world_size": 1, "data": {"epoch": 0, "batch": step, "dataset_size": 4, "batch_size": 1},
+                 "model": task.trainable_state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": [{**rng_states(), "generator": generator.get_state()}]}
+        start = time.perf_counter()
+        path = save_checkpoint(out, step, state, keep=2)
+        times.append(time.perf_counter() - start)
+    count = sum(p.numel() for p in params)
+    print(f"checkpoint: {count} trainable parameters (LoRA rank 4 + audio adapter), file {path.stat().st_size / 1024:.1f} KiB, "
+          f"save_checkpoint (torch.save + fsync + rename + prune) median {1000 * np.median(times):.1f} ms over {repeats}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2. Learning
+
+
+def motion(path: Path) -> np.ndarray:
+    from avtool.analysis.motion import motion_curve
+
+    return np.asarray(motion_curve(str(path), workers=1).values)
+
+
+def vae_check(weights: Path, clips: Path, work: Path, count: int = 4) -> None:
+    """Encode+decode preprocessed clips with the tiny VAE; does the beat motion survive?"""
+    import torch
+    from diffusers import AutoencoderKLMochi
+
+    from avtool.media import read_frames
+    from avtool.weights.loading import load_pretrained
+
+    print("-- does the tiny VAE carry the motion through encode+decode? --", flush=True)
+    vae = load_pretrained(AutoencoderKLMochi, weights / "mochi-1-preview" / "vae", torch_dtype=torch.float32).eval()
+    out = work / f"recon_{len(list(work.glob('recon*')))}"
+    out.mkdir(exist_ok=True)
+    rows = []
+    for video in sorted(clips.glob("*.mp4"))[:count]:
+        frames = read_frames(video, num_frames=NUM_FRAMES)
+        x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        with torch.inference_mode():
+            z = vae.encode(x).latent_dist.mean
+            y = vae.decode(z).sample
+        recon = ((y[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+        src_trim = write_video(out / f"{video.stem}.src.mp4", frames, video)
+        rec = write_video(out / f"{video.stem}.recon.mp4", recon, video)
+        m_src, m_rec = motion(src_trim), motion(rec)
+        n = min(len(m_src), len(m_rec))
+        corr = float(np.corrcoef(m_src[:n], m_rec[:n])[0, 1]) if n > 2 else float("nan")
+        b_src, b_rec = frames.reshape(len(frames), -1).mean(1), recon.reshape(len(recon), -1).mean(1)
+        pix = float(np.corrcoef(frames[: len(recon)].ravel().astype(float), recon[: len(frames)].ravel().astype(float))[0, 1])
+        a_src, a_rec = av_align([src_trim, rec])
+        rows.append((corr, pix, a_src, a_rec))
+        print(f"  {video.stem}: motion-curve corr src/recon {corr:+.2f}; pixel corr {pix:+.2f}; "
+              f"brightness std src {b_src.std():.1f} recon {b_rec.std():.1f}; AV-Align src {a_src} recon {a_rec}; "
+              f"motion src {np.round(m_src, 2).tolist()} recon {np.round(m_rec, 2).tolist()}", flush=True)
+    arr = np.array([[np.nan if v is None else v for v in r] for r in rows], float)
+    print(f"  mean: motion corr {np.nanmean(arr[:, 0]):+.2f}, pixel corr {np.nanmean(arr[:, 1]):+.2f}, "
+          f"AV-Align source {np.nanmean(arr[:, 2]):.3f} vs reconstruction {np.nanmean(arr[:, 3]):.3f}", flush=True)
+
+
+def tiny_vae_training_frames(count: int, seed: int) -> np.ndarray:
+    """(count, 19, 32, 48, 3) uint8 windows of fresh beat videos (the training clips' kind, none of the held-out songs)."""
+    w, h = SOURCE_SIZE
+    out = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        bpm = rng.uniform(*TEMPO_RANGE)
+        seconds = NUM_FRAMES / FPS
+        _, beats = click_track(seconds, bpm, rng.uniform(0.0, 60.0 / bpm), rng)
+        frames = beat_frames(seconds, beats, rng)[:NUM_FRAMES]
+        y0, x0 = (h - 32) // 2, (w - 48) // 2
+        out.append(frames[:, y0 : y0 + 32, x0 : x0 + 48])
+    return np.stack(out)
+
+
+def train_tiny_vae(weights: Path, out: Path, seconds: float, kl_weight: float = 1e-4) -> tuple[Path, str]:
+    """Train the tiny Mochi VAE (encoder + decoder) as an autoencoder on beat windows for about `seconds`; write a
+    weights folder with it in place of the random one (everything else symlinked). Returns (folder, summary)."""
+    import torch
+    from diffusers import AutoencoderKLMochi
+
+    from avtool.weights.loading import load_pretrained
+
+    torch.manual_seed(0)
+    vae = load_pretrained(AutoencoderKLMochi, weights / "mochi-1-preview" / "vae", torch_dtype=torch.float32).train()
+    data = torch.from_numpy(tiny_vae_training_frames(64, 7)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    losses, start, step = [], time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        batch = data[torch.randint(len(data), (2,))]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = (recon - batch).pow(2).mean() + kl_weight * posterior.kl().mean() / batch[0].numel()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        step += 1
+    vae.eval()
+    folder = out / "weights_trained_vae"
+    mochi = folder / "mochi-1-preview"
+    mochi.mkdir(parents=True, exist_ok=True)
+    for sub in weights.iterdir():
+        if sub.name != "mochi-1-preview" and not (folder / sub.name).exists():
+            (folder / sub.name).symlink_to(sub.resolve())
+    for sub in (weights / "mochi-1-preview").iterdir():
+        if sub.name != "vae" and not (mochi / sub.name).exists():
+            (mochi / sub.name).symlink_to(sub.resolve())
+    vae.save_pretrained(mochi / "vae", safe_serialization=True)
+    k = max(1, len(losses) // 5)
+    return folder, (f"{step} steps (batch 2) in {time.perf_counter() - start:.0f} s, reconstruction loss by fifths "
+                    + " ".join(f"{np.mean(losses[i:i + k]):.4f}" for i in range(0, len(losses), k)))
+
+
+def dance(weights: Path, songs: list[Path], seeds: list[int], out: Path, steps: int) -> list[Path]:
+    """One `avtool dance` per (song, seed) pair, all from excerpt start 0; the output paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for song, seed in zip(songs, seeds, strict=True):
+        target = out / f"{song.stem}_s{seed}.mp4"
+        avtool("dance", song, "--weights-dir", weights, "--num-frames", NUM_FRAMES, "--steps", steps, "--seed", seed,
+               "--start", 0, "-o", target, "-q")
+        paths.append(target)
+    return paths
+
+
+def with_adapter(weights: Path, adapter: Path, folder: Path) -> Path:
+    """A weights folder: the tiny ones symlinked, `adapter` as the MusicInfuser file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for sub in weights.iterdir():
+        if sub.name != "musicinfuser" and not (folder / sub.name).exists():
+            (folder / sub.name).symlink_to(sub.resolve())
+    (folder / "musicinfuser").mkdir(exist_ok=True)
+    link = folder / "musicinfuser" / "musicinfuser.safetensors"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(adapter.resolve())
+    return folder
+
+
+def fresh_adapter(weights: Path, config_path: Path, out: Path) -> Path:
+    """The adapter `Task` starts from (LoRA B and cross-attention outputs zero), as a step-0 adapter file."""
+    from avtool.pipelines.train import read_config
+    from avtool.training.musicinfuser import Task
+
+    _, config, _ = read_config(config_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return Task(config, weights, "cpu").save_result(out, 0)
+
+
+def audio_dependence(weights: Path, config_path: Path, checkpoint: Path, draws: int = 8) -> str:
+    """Flow-matching loss of the trained model on its training clips with each clip's own audio vs another clip's
+    audio, same latents, noise and sigma: does the adapter use the music at all?"""
+    import dataclasses as dc
+
+    import torch
+
+    from avtool.pipelines.train import read_config
+    from avtool.training.checkpoint import load_checkpoint
+    from avtool.training.musicinfuser import Task, training_example
+
+    _, config, _ = read_config(config_path)
+    config = dc.replace(config, basic_prompt_ratio=0.0, training=dc.replace(config.training, caption_dropout=0.0))
+    task = Task(config, weights, "cpu")
+    task.load_trainable_state(load_checkpoint(checkpoint)["model"])
+    clips = task.dataset()
+    own, other = [], []
+    with torch.no_grad():
+        for i, clip in enumerate(clips):
+            for d in range(draws):
+                example = training_example([clip], torch.Generator().manual_seed(1000 * i + d), 10**6, config,
+                                           task.latents_mean, task.latents_std)
+                swapped = training_example([clips[(i + 1) % len(clips)]], torch.Generator().manual_seed(0), 10**6, config,
+                                           task.latents_mean, task.latents_std)
+                own.append(task.example_loss(example).item())
+                other.append(task.example_loss(dc.replace(example, audio=swapped.audio)).item())
+    own_a, other_a = np.array(own), np.array(other)
+    return (f"loss with own audio {own_a.mean():.4f}, with another clip's audio {other_a.mean():.4f} "
+            f"(difference {np.mean(other_a - own_a):+.4f} ± {np.std(other_a - own_a) / len(own_a) ** 0.5:.4f}, "
+            f"{len(own_a)} draws)")
+
+
+def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int, sample_steps: int, lr: float, rank: int,
+             vae_seconds: float) -> None:
+    print(f"\n== 2. learning: {clips_count} beat clips, {steps} steps, {seeds} held-out songs ==", flush=True)
+    videos, clips = work / "videos", work / "clips"
+    videos.mkdir(parents=True, exist_ok=True)
+    tempi = [make_clip(videos, f"beat{i:02d}", 1.4, i)[1] for i in range(clips_count)]
+    if vae_seconds > 0:
+        random_clips = work / "clips_random_vae"
+        preprocess(videos, random_clips, weights)
+        print("random tiny VAE:")
+        vae_check(weights, random_clips, work)
+        weights, summary = train_tiny_vae(weights, work, vae_seconds)
+        print(f"tiny VAE trained as an autoencoder on 64 fresh beat windows: {summary}; the rest uses it", flush=True)
+    start = time.perf_counter()
+    summary = preprocess(videos, clips, weights)
+    print(f"clips: {clips_count} sources, tempi {min(tempi):.0f}-{max(tempi):.0f} BPM; preprocess wrote "
+          f"{summary['written']}, rejected {summary['rejected']} ({time.perf_counter() - start:.1f} s)", flush=True)
+    print(f"AV-Align of the training clips themselves (ceiling): {mean_std(av_align(sorted(clips.glob('*.seg0.mp4'))[:4]))}", flush=True)
+    print("trained tiny VAE:" if vae_seconds > 0 else "random tiny VAE:")
+    vae_check(weights, clips, work)
+
+    run_dir = work / "run"
+    config = write_config(work / "learn.yaml", clips, steps, lr, rank, save_interval=steps)
+    start = time.perf_counter()
+    avtool("train", config, "--run-dir", run_dir, "--weights-dir", weights, "-q", "--json")
+    train_s = time.perf_counter() - start
+    records = metrics(run_dir)
+    losses = np.array([r["loss"] for r in records])
+    k = max(1, len(losses) // 10)
+    print(f"training: {len(records)} steps in {train_s:.0f} s ({steps_per_second(records):.2f} steps/s); loss mean of "
+          f"each tenth: {' '.join(f'{losses[i:i + k].mean():.3f}' for i in range(0, len(losses), k))}", flush=True)
+    avtool("train", "--plot", run_dir, "-q")
+    print(f"loss curve: {run_dir / 'loss.png'}", flush=True)
+    print(f"audio dependence of the trained model: {audio_dependence(weights, config, run_dir / f'checkpoint-{steps}.pt')}",
+          flush=True)
+
+    songs_dir = work / "songs"
+    songs_dir.mkdir(exist_ok=True)
+    songs = [songs_dir / f"song{i:02d}.wav" for i in range(seeds)]
+    song_tempi = [make_song(song, 3.0, 5000 + i) for i, song in enumerate(songs)]
+    print(f"held-out songs: tempi {', '.join(f'{t:.0f}' for t in song_tempi)} BPM", flush=True)
+    seed_list = list(range(100, 100 + seeds))
+    other = songs[1:] + songs[:1]  # control a: conditioned on the next song
+
+    trained_w = with_adapter(weights, run_dir / f"model_{steps}.adapter.safetensors", work / "w_trained")
+    fresh_w = with_adapter(weights, fresh_adapter(weights, config, work / "fresh"), work / "w_fresh")
+    start = time.perf_counter()
+    trained = dance(trained_w, songs, seed_list, work / "gen_trained", sample_steps)
+    swapped = dance(trained_w, other, seed_list, work / "gen_swapped", sample_steps)
+    untrained = dance(fresh_w, songs, seed_list, work / "gen_fresh", sample_steps)
+    print(f"generation: {3 * seeds} videos in {time.perf_counter() - start:.0f} s", flush=True)
+    # control a: the picture generated from song B with song A (the trained run's muxed excerpt) as its sound
+    control_a = [remux(s, t, work / "gen_swapped" / f"{s.stem}.scoredA.mp4") for s, t in zip(swapped, trained, strict=True)]
+
+    s_trained, s_a, s_b = av_align(trained), av_align(control_a), av_align(untrained)
+    print("AV-Align per seed (trained / control a: song swapped / control b: fresh adapter):")
+    for i in range(seeds):
+        print(f"  {songs[i].stem} seed {seed_list[i]}: {s_trained[i]} / {s_a[i]} / {s_b[i]}")
+    print(f"AV-Align mean ± s.e.: trained {mean_std(s_trained)}")
+    print(f"                      control a (conditioned on another song, scored on this one) {mean_std(s_a)}")
+    print(f"                      control b (untrained adapter) {mean_std(s_b)}", flush=True)
+    curves = [motion(p) for p in trained + untrained]
+    print(f"mean motion of generated videos: trained {np.mean([c.mean() for c in curves[:seeds]]):.3f}, "
+          f"untrained {np.mean([c.mean() for c in curves[seeds:]]):.3f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--sample-steps", type=int, default=8, help="`avtool dance --steps`")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (the tiny DiT's width is 32)")
+    parser.add_argument("--speed-steps", type=int, default=200)
+    parser.add_argument("--train-vae", type=float, default=150.0, metavar="SECONDS",
+                        help="train the tiny VAE this long first (0: keep the random one)")
+    parser.add_argument("--weights-dir", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None, help="keep the run's files here (default: a temporary folder)")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-learning", action="store_true")
+    args = parser.parse_args()
+    with weights_folder(args.weights_dir, ["mochi-1-preview", "musicinfuser"]) as weights, \
+            tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        weights = Path(weights).resolve()
+        if not args.skip_speed:
+            speed(weights, work, args.speed_steps)
+        if not args.skip_learning:
+            learning(weights, work, args.clips, args.steps, args.seeds, args.sample_steps, args.lr, args.rank,
+                     args.train_vae)
+
+
+if __name__ == "__main__":
+    main()
