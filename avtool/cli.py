@@ -251,35 +251,53 @@ def download_weights(
 
 @command("preprocess")
 def preprocess(
-    kind: Annotated[str, typer.Argument(help="What to prepare: dance (MusicInfuser).", show_default=False)],
+    kind: Annotated[str, typer.Argument(help="What to prepare: dance (MusicInfuser) or tokens (TempoTokens).", show_default=False)],
     videos: Annotated[Path, typer.Argument(help="Folder of videos (subfolders too); a <stem>.txt beside a video is its caption.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the clips and their cached features.", file_okay=False, show_default=False)],
-    num_frames: Annotated[int, typer.Option("--num-frames", help="Frames per clip at 30 fps: 6k+1 (73: 2.5 s clips, as upstream).")] = 73,
-    weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Weights folder (mochi-1-preview and musicinfuser's wav2vec2).", envvar="AVTOOL_WEIGHTS")] = Path("weights"),
-    crop: Annotated[str, typer.Option("--crop", help="random: --clips-per-minute seeded segments per minute of video (upstream); center: one from the middle.")] = "random",
-    clips_per_minute: Annotated[float, typer.Option("--clips-per-minute", help="Random segments per minute of video.")] = 5.0,
-    caption: Annotated[Optional[str], typer.Option("--caption", help="Caption for videos without a <stem>.txt (default: \"a dance video\").", show_default=False)] = None,
+    num_frames: Annotated[Optional[int], typer.Option("--num-frames", help="Frames per clip. dance: 6k+1 at 30 fps (default 73: 2.5 s clips, as upstream); tokens: default 24.", show_default=False)] = None,
+    weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Weights folder (dance: mochi-1-preview and musicinfuser's wav2vec2; tokens: tempotokens).", envvar="AVTOOL_WEIGHTS")] = Path("weights"),
+    crop: Annotated[str, typer.Option("--crop", help="dance: random: --clips-per-minute seeded segments per minute of video (upstream); center: one from the middle.")] = "random",
+    clips_per_minute: Annotated[float, typer.Option("--clips-per-minute", help="dance: random segments per minute of video.")] = 5.0,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="tokens: every round(video fps / FPS)-th frame; the audio window is num-frames / FPS seconds (default 24: 1 s).", show_default=False)] = None,
+    height: Annotated[Optional[int], typer.Option("--height", help="tokens: frame height, a multiple of 8 (default: 384, or the weights' own size).", show_default=False)] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="tokens: frame width, a multiple of 8 (default: 384, or the weights' own size).", show_default=False)] = None,
+    caption: Annotated[Optional[str], typer.Option("--caption", help="Caption for videos without a <stem>.txt (dance: \"a dance video\"; tokens: the six audio tokens).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random segments (default: drawn and reported).", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="The VAE's: auto, fp32, bf16 or fp16 (T5 and wav2vec2 run in fp32).")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="The VAE's: auto, fp32, bf16 or fp16 (the audio and text models run in fp32).")] = "auto",
     *,
     json: bool,
     quiet: bool,
 ) -> None:
-    """Turn a folder of dance videos into MusicInfuser training clips and cached features (upstream's preprocess.bash).
+    """Turn a folder of videos into training clips and cached features: dance (MusicInfuser, upstream's
+    preprocess.bash) or tokens (TempoTokens: one upstream training window per video, VAE latents and BEATs features).
 
     Resumable: a re-run skips the clips already complete. A video that gives no clip is reported with its reason and
     the run goes on.
     """
     from avtool.errors import BadInput
     from avtool.pipelines.common import check_choice
-    from avtool.pipelines.preprocess import DancePreprocessOptions, preprocess_dance
+    from avtool.pipelines.preprocess import (
+        DancePreprocessOptions,
+        TokensPreprocessOptions,
+        preprocess_dance,
+        preprocess_tokens,
+    )
     from avtool.ui import print_json, say
 
-    check_choice("preprocess KIND", kind, ("dance",))
-    options = DancePreprocessOptions(num_frames=num_frames, crop=crop, clips_per_minute=clips_per_minute, caption=caption,
-                                     seed=seed, device=device, dtype=dtype)
-    summary = preprocess_dance(videos, output, options, weights_dir, quiet)
+    check_choice("preprocess KIND", kind, ("dance", "tokens"))
+    if kind == "dance":
+        for name, value in (("--fps", fps), ("--height", height), ("--width", width)):
+            if value is not None:
+                raise BadInput(f"{name}: only for `avtool preprocess tokens`", hint="dance clips take the Mochi size and 30 fps")
+        options = DancePreprocessOptions(num_frames=73 if num_frames is None else num_frames, crop=crop, clips_per_minute=clips_per_minute,
+                                         caption=caption, seed=seed, device=device, dtype=dtype)
+        summary = preprocess_dance(videos, output, options, weights_dir, quiet)
+    else:
+        options = TokensPreprocessOptions(num_frames=24 if num_frames is None else num_frames,
+                                          fps=24.0 if fps is None else fps, height=height, width=width,
+                                          caption=caption, seed=seed, device=device, dtype=dtype)
+        summary = preprocess_tokens(videos, output, options, weights_dir, quiet)
     for rejection in summary.rejected:
         say(f"rejected {rejection.path}: {rejection.reason}", quiet)
     say(f"{output}: {len(summary.written)} clip(s) written, {len(summary.skipped)} already complete, "

@@ -39,7 +39,7 @@ def config(path, clips, **training):
 @pytest.mark.parametrize(("text", "message"), [
     (None, "config file not found"),
     ("audio_mode: cross_attn\ntraining: {warmup_stepz: 3}\n", "unknown key training.warmup_stepz"),
-    ("embedder_learning_rate: 1e-5\ntrain_data: {}\n", "training TempoTokens' mapper is not available yet"),
+    ("embedder_learning_rate: 1e-5\ntrain_data: {path: nowhere}\n", "train_data.path nowhere: no such folder"),
     ("audio_mode: cross_attn\ntrain_data_dir: nowhere\n", "train_data_dir nowhere: no such folder"),
     ("- a list\n", "expected a YAML mapping"),
 ])

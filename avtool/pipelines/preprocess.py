@@ -1,6 +1,13 @@
-"""MusicInfuser training data: a folder of dance videos in, training clips and their cached features out.
+"""Training data: a folder of videos in, training clips and their cached features out, for MusicInfuser
+(`preprocess_dance`) and TempoTokens (`preprocess_tokens`).
 
-This is upstream's `preprocess.bash` (trim_and_crop_videos.py, encode_videos.py, embed_captions.py) as one run:
+Both share one machinery: validate everything that needs no model, cut each video's clips (ffmpeg only) with their
+captions, then cache each model's features one model at a time (loaded only when some clip lacks its file). Every
+file is written under a temporary name and renamed when complete; one that exists and loads is kept, so a re-run
+(or a run after a kill) does only what is missing. A video that cannot give a clip is reported with its reason, and
+the run goes on.
+
+MusicInfuser: upstream's `preprocess.bash` (trim_and_crop_videos.py, encode_videos.py, embed_captions.py) as one run:
 
     validate the options, the weights and the output folder      (nothing imported or loaded yet)
     per video: probe it, draw its segments (seeded), cut each missing clip with ffmpeg, write each clip's caption
@@ -14,9 +21,20 @@ Per clip `<stem>.seg{k}` (k counts the video's segments, one caption per segment
     .embed_.pt          {y_mask: [(1, 256) bool], y_feat: [(1, 256, D) fp32]}: T5 of the caption
     .embed.pt           the same for the basic prompt "a dance video"
     .audio_wav2vec.pt   {audio_embeddings: (1, T_a, C) fp32}: wav2vec2 of the clip's audio from its start
-Every file is written under a temporary name and renamed when complete; one that exists and loads is kept, so a
-re-run (or a run after a kill) does only what is missing. A video that cannot give a clip is reported with its
-reason, and the run goes on.
+
+TempoTokens: upstream trains from the videos themselves (`utils/dataset.py::VideoFolderDataset`, one random window
+per video and epoch, features computed in the training step); here each video gives one such window, cached. Per
+video `<stem>`:
+    .mp4                the training sample: num_frames source frames taken as upstream (every round(fps_src / fps)-th
+                        frame from a seeded start), resized to the UNet's size (no crop, as upstream's resize), at
+                        `fps`, with the num_frames / fps seconds of audio from the first frame (1 s by default)
+    .txt                the prompt: `<stem>.txt` beside the video, else --caption, else the configs' `fallback_prompt`
+                        "<temp> <local1> <local2> <local3> <local4> <class>"
+    .latent.pt          {mean, logvar}: raw (not scaled) zeroscope VAE posterior of every frame, each
+                        (1, 4, num_frames, height / 8, width / 8) fp32; training samples it and scales by 0.18215
+                        every step, as upstream's `tensor_to_vae_latent` (`latent_dist.sample()`)
+    .beats.pt           {features: (1, T_tok, layers x dim) fp32}: BEATs, every layer concatenated, of the sample's
+                        audio at 16 kHz mono as `avtool tokens` makes it (1 s: 48 tokens, 2 per frame)
 """
 
 from __future__ import annotations
@@ -30,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from avtool.errors import BadInput
-from avtool.media import atomic_output, ensure_output_dir, probe, read_frames
+from avtool.media import MediaInfo, atomic_output, ensure_output_dir, frames_at, probe, read_frames, write_video
 from avtool.media.clips import CropWindow, crop_window, cut_clip
 from avtool.pipelines.common import VIDEO_SUFFIXES, check_choice, check_range
 from avtool.pipelines.dance import (
@@ -44,17 +62,36 @@ from avtool.pipelines.dance import (
     DanceRequest,
     resolve_size,
 )
+from avtool.pipelines.tokens import MODEL_OF_FOLDER as TOKENS_MODEL_OF_FOLDER
+from avtool.pipelines.tokens import (
+    ZEROSCOPE_COMPONENTS,
+    TokensRequest,
+    TokensWeights,
+    audio_window,
+    beats_waveform,
+    resolve_shape,
+)
 from avtool.runtime import check_device, check_dtype, silence_libraries
+from avtool.training.tempotokens_config import BEATS_FEATURES_FILE, FALLBACK_PROMPT
 from avtool.ui import progress
-from avtool.weights.layout import ADAPTER_FOLDER, MOCHI_FOLDER, WAV2VEC_FOLDER, WeightsCheck
+from avtool.weights.layout import (
+    ADAPTER_FOLDER,
+    BEATS_FILE,
+    BEATS_FOLDER,
+    MOCHI_FOLDER,
+    WAV2VEC_FOLDER,
+    ZEROSCOPE_FOLDER,
+    WeightsCheck,
+)
 
 CROPS = ("center", "random")
 EDGE_EXCLUDE = 0.05  # random segments start past the first 5% of the video and end before its last 5%, as upstream
 BASIC_PROMPT = "a dance video"  # upstream's basic prompt for non-AIST videos, and the default caption
 MAX_CLIPS_PER_MINUTE = 600.0
+MAX_TOKENS_FRAMES, MAX_TOKENS_FPS, MAX_SIZE, SIZE_STEP = 1024, 240.0, 4096, 8
 LATENT_FILE, DETAILED_EMBED_FILE, BASIC_EMBED_FILE, AUDIO_FILE = ".latent.pt", ".embed_.pt", ".embed.pt", ".audio_wav2vec.pt"
 FILE_KEYS = {LATENT_FILE: {"mean", "logvar"}, DETAILED_EMBED_FILE: {"y_mask", "y_feat"},
-             BASIC_EMBED_FILE: {"y_mask", "y_feat"}, AUDIO_FILE: {"audio_embeddings"}}
+             BASIC_EMBED_FILE: {"y_mask", "y_feat"}, AUDIO_FILE: {"audio_embeddings"}, BEATS_FEATURES_FILE: {"features"}}
 
 
 @dataclass(frozen=True)
@@ -68,6 +105,25 @@ class DancePreprocessOptions:
     seed: int | None = None  # None: drawn, and reported in the summary
     device: str = "auto"
     dtype: str = "auto"  # the VAE's; T5 and wav2vec2 run in fp32
+
+
+@dataclass(frozen=True)
+class TokensPreprocessOptions:
+    """`avtool preprocess tokens` options (upstream's `train_data`: n_sample_frames 24, fps 24)."""
+
+    num_frames: int = 24
+    fps: float = 24.0  # every round(source fps / fps)-th frame is taken; the audio window is num_frames / fps seconds
+    height: int | None = None  # None: `avtool tokens`' default, 384 (the tiny weights: their own size)
+    width: int | None = None
+    caption: str | None = None  # for videos without a `<stem>.txt` beside them; None: FALLBACK_PROMPT
+    seed: int | None = None  # None: drawn, and reported in the summary
+    device: str = "auto"
+    dtype: str = "auto"  # the VAE's; BEATs runs in fp32
+
+    @property
+    def seconds(self) -> float:
+        """The audio window: upstream's `len(idxs) / 24` s (dataset.py `process_video`), i.e. n_sample_frames / fps."""
+        return self.num_frames / self.fps
 
 
 @dataclass(frozen=True)
@@ -96,12 +152,10 @@ class PreprocessSummary:
 
 @dataclass(frozen=True)
 class Clip:
-    """One segment of one source video, and where its files go."""
+    """One training clip of one source video, and where its files go (named by its .mp4)."""
 
     source: Path
-    start: float  # seconds into the source
-    window: CropWindow  # of the source's frame
-    base: Path  # out_dir/<relative folder>/<stem>.seg{k}, without a suffix
+    base: Path  # out_dir/<relative folder>/<stem>[.seg{k}], without a suffix
 
     def file(self, suffix: str) -> Path:
         return self.base.with_name(self.base.name + suffix)
@@ -109,6 +163,22 @@ class Clip:
     @property
     def video(self) -> Path:
         return self.file(".mp4")
+
+
+@dataclass(frozen=True)
+class DanceClip(Clip):
+    """A segment cut with ffmpeg."""
+
+    start: float  # seconds into the source
+    window: CropWindow  # of the source's frame
+
+
+@dataclass(frozen=True)
+class TokensSample(Clip):
+    """Chosen source frames and the audio from the first of them."""
+
+    frames: tuple[int, ...]  # source frame indices
+    audio_start: float  # seconds into the source's audio stream
 
 
 @dataclass(frozen=True)
@@ -124,10 +194,11 @@ class PreprocessWeights:
 class Run:
     """What every step of one run reads, and what it records."""
 
-    options: DancePreprocessOptions
-    weights: PreprocessWeights
+    options: DancePreprocessOptions | TokensPreprocessOptions
+    weights: PreprocessWeights | TokensWeights
     summary: PreprocessSummary
     quiet: bool
+    model_of_folder: dict[str, str]  # for the download hint of a weights error
     touched: set[Path] = field(default_factory=set)  # clips (.mp4) with a file written by this run
 
     @property
@@ -144,14 +215,47 @@ def preprocess_dance(videos_dir: Path, out_dir: Path, options: DancePreprocessOp
     check_options(options)
     videos = find_videos(videos_dir, out_dir)
     weights = check_weights(weights_dir)
-    height, width = resolve_size(DanceRequest(), weights)
-    ensure_output_dir(out_dir)
-    seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
-    run = Run(options, weights, PreprocessSummary(out_dir, seed, (height, width)), quiet)
+    run = start_run(options, weights, out_dir, resolve_size(DanceRequest(), weights), quiet, MODEL_OF_FOLDER)
 
     # 2. Cut the clips (ffmpeg only), then cache each model's features for the clips that lack them.
-    clips = cut_all(videos, videos_dir, run)
-    for step in (cache_latents, cache_text_embeddings, cache_audio_features):
+    def plan(video: Path, base: Path, rng: random.Random) -> list[Clip]:
+        return plan_clips(video, base, options, rng, run.frame_size)
+
+    clips = cut_all(videos, videos_dir, run, plan, cut_if_missing)
+    return finish_run(run, clips, (cache_latents, cache_text_embeddings, cache_audio_features))
+
+
+def preprocess_tokens(videos_dir: Path, out_dir: Path, options: TokensPreprocessOptions, weights_dir: Path,
+                      quiet: bool = False) -> PreprocessSummary:
+    """Take one TempoTokens training sample out of every video under `videos_dir` into `out_dir` and cache its
+    features (see the module's note); return what was written, skipped and rejected."""
+    # 1. Validate everything that needs no model.
+    check_tokens_options(options)
+    videos = find_videos(videos_dir, out_dir)
+    weights = check_tokens_weights(weights_dir)
+    request = TokensRequest(num_frames=options.num_frames, fps=options.fps, height=options.height, width=options.width)
+    shape = resolve_shape(request, weights)  # also refuses a window with fewer audio tokens than frames
+    run = start_run(options, weights, out_dir, (shape.height, shape.width), quiet, TOKENS_MODEL_OF_FOLDER)
+
+    # 2. Write the samples (decode, resize, encode), then cache each model's features for the samples that lack them.
+    def plan(video: Path, base: Path, rng: random.Random) -> list[Clip]:
+        return [plan_sample(video, base, options, rng)]
+
+    samples = cut_all(videos, videos_dir, run, plan, write_sample_if_missing)
+    return finish_run(run, samples, (cache_zeroscope_latents, cache_beats_features))
+
+
+def start_run(options: DancePreprocessOptions | TokensPreprocessOptions, weights: PreprocessWeights | TokensWeights,
+              out_dir: Path, size: tuple[int, int], quiet: bool, model_of_folder: dict[str, str]) -> Run:
+    """Make the output folder and draw the seed when none is given."""
+    ensure_output_dir(out_dir)
+    seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
+    return Run(options, weights, PreprocessSummary(out_dir, seed, size), quiet, model_of_folder)
+
+
+def finish_run(run: Run, clips: list[Clip], steps: tuple[Callable[[list[Clip], Run], list[Clip]], ...]) -> PreprocessSummary:
+    """Run each caching step over the clips still in the run, then sort them into written and skipped."""
+    for step in steps:
         clips = step(clips, run)
     for clip in clips:
         (run.summary.written if clip.video in run.touched else run.summary.skipped).append(clip.video)
@@ -168,10 +272,25 @@ def check_options(options: DancePreprocessOptions) -> None:
         raise BadInput(f"--num-frames {n}: must be 6k+1 from {MIN_FRAMES} to {MAX_FRAMES} (7, 13, ..., 73, ..., 145, ...)")
     check_choice("--crop", options.crop, CROPS)
     check_range("--clips-per-minute", options.clips_per_minute, 1e-3, MAX_CLIPS_PER_MINUTE)
-    if options.caption is not None and not options.caption.strip():
-        raise BadInput("--caption: must not be empty", hint="leave it out for the default caption, \"a dance video\"")
+    check_caption(options.caption)
     check_device(options.device)
     check_dtype(options.dtype)
+
+
+def check_tokens_options(options: TokensPreprocessOptions) -> None:
+    check_range("--num-frames", options.num_frames, 1, MAX_TOKENS_FRAMES)
+    check_range("--fps", options.fps, 1, MAX_TOKENS_FPS)
+    for name, value in (("--height", options.height), ("--width", options.width)):
+        if value is not None and (not SIZE_STEP <= value <= MAX_SIZE or value % SIZE_STEP):
+            raise BadInput(f"{name} {value}: must be a multiple of {SIZE_STEP} from {SIZE_STEP} to {MAX_SIZE}")
+    check_caption(options.caption)
+    check_device(options.device)
+    check_dtype(options.dtype)
+
+
+def check_caption(caption: str | None) -> None:
+    if caption is not None and not caption.strip():
+        raise BadInput("--caption: must not be empty", hint="leave it out for the default caption")
 
 
 def find_videos(videos_dir: Path, out_dir: Path) -> list[Path]:
@@ -198,6 +317,16 @@ def check_weights(weights_dir: Path) -> PreprocessWeights:
     return PreprocessWeights(check.root, check.root / MOCHI_FOLDER, check.root / WAV2VEC_FOLDER)
 
 
+def check_tokens_weights(weights_dir: Path) -> TokensWeights:
+    """Check the files of the models preprocessing loads: zeroscope's VAE (and its UNet's config, for the size), BEATs."""
+    check = WeightsCheck(weights_dir)
+    check.pipeline("tempotokens", ZEROSCOPE_FOLDER, {"vae": ZEROSCOPE_COMPONENTS["vae"]})
+    check.file("tempotokens", f"{ZEROSCOPE_FOLDER}/unet/config.json")
+    beats = check.file("tempotokens", f"{BEATS_FOLDER}/{BEATS_FILE}")
+    check.raise_if_missing()
+    return TokensWeights(check.root, check.root / ZEROSCOPE_FOLDER, beats, mapper=Path(), files=check.files)
+
+
 def clip_seconds(num_frames: int) -> float:
     """A clip's length: num_frames/30 + 0.09 s to one decimal, as upstream's `printf "%.1f"` (2.5 s for 73 frames)."""
     return round(num_frames / MODEL_FPS + EXCERPT_PAD_SECONDS, 1)
@@ -207,8 +336,12 @@ def clip_seconds(num_frames: int) -> float:
 # Clips
 
 
-def cut_all(videos: list[Path], videos_dir: Path, run: Run) -> list[Clip]:
-    """Every video's clips, cut where missing, each with its caption; videos that cannot give one are rejected."""
+Planner = Callable[[Path, Path, random.Random], list[Clip]]  # (video, clip base, its rng) -> its clips; BadInput: why none
+
+
+def cut_all(videos: list[Path], videos_dir: Path, run: Run, plan: Planner, make: Callable[[Clip, Run], None]) -> list[Clip]:
+    """Every video's clips (`plan`), made where missing (`make`), each with its caption; videos that cannot give one
+    are rejected."""
     clips: list[Clip] = []
     claimed: dict[Path, Path] = {}  # clip base of segment 0 -> the video that gave it (a.mp4 and a.mov would collide)
     with progress(run.quiet) as bar:
@@ -222,13 +355,13 @@ def cut_all(videos: list[Path], videos_dir: Path, run: Run) -> list[Clip]:
                 claimed[base] = video
                 # seeded per video, so a video's segments do not depend on the others
                 rng = random.Random(f"{run.summary.seed}:{relative.as_posix()}")
-                planned = plan_clips(video, base, run.options, rng, run.frame_size)
+                planned = plan(video, base, rng)
             except (BadInput, RuntimeError) as error:  # RuntimeError: ffmpeg failed on this video
                 run.summary.rejected.append(Rejection(video, reason_of(error, video)))
                 planned = []
             for clip in planned:
                 try:
-                    cut_if_missing(clip, run)
+                    make(clip, run)
                     clips.append(clip)
                 except (BadInput, RuntimeError) as error:
                     run.summary.rejected.append(Rejection(clip.video, reason_of(error, clip.source)))
@@ -237,13 +370,9 @@ def cut_all(videos: list[Path], videos_dir: Path, run: Run) -> list[Clip]:
 
 
 def plan_clips(video: Path, base: Path, options: DancePreprocessOptions, rng: random.Random,
-               size: tuple[int, int]) -> list[Clip]:
+               size: tuple[int, int]) -> list[DanceClip]:
     """The video's segments, for clips of `size` (width, height); BadInput (its reason) when it cannot give one."""
-    info = probe(video)
-    if info.video is None or info.video.num_frames == 0:
-        raise BadInput("no video track")
-    if info.audio is None:
-        raise BadInput("no audio track")
+    info = probe_with_audio(video)
     if info.video.width < size[0] or info.video.height < size[1]:
         raise BadInput(f"{info.video.width}x{info.video.height} is smaller than the clip size {size[0]}x{size[1]}")
     duration = min(info.video.duration, info.audio.start + info.audio.duration)
@@ -252,7 +381,17 @@ def plan_clips(video: Path, base: Path, options: DancePreprocessOptions, rng: ra
         raise BadInput(f"too short for one clip: {duration:.2f} s, a clip of {options.num_frames} frames needs {seconds:g} s")
     starts = segment_starts(duration, seconds, options, rng)
     window = crop_window((info.video.width, info.video.height), size)
-    return [Clip(video, start, window, base.with_name(f"{base.name}.seg{k}")) for k, start in enumerate(starts)]
+    return [DanceClip(video, base.with_name(f"{base.name}.seg{k}"), start, window) for k, start in enumerate(starts)]
+
+
+def probe_with_audio(video: Path) -> MediaInfo:
+    """The video's streams; BadInput (the reason) without a video or an audio track."""
+    info = probe(video)
+    if info.video is None or info.video.num_frames == 0:
+        raise BadInput("no video track")
+    if info.audio is None:
+        raise BadInput("no audio track")
+    return info
 
 
 def segment_starts(duration: float, seconds: float, options: DancePreprocessOptions, rng: random.Random) -> list[float]:
@@ -264,39 +403,82 @@ def segment_starts(duration: float, seconds: float, options: DancePreprocessOpti
     return [rng.uniform(first, last) for _ in range(math.ceil(duration / 60 * options.clips_per_minute))]
 
 
-def cut_if_missing(clip: Clip, run: Run) -> None:
+def plan_sample(video: Path, base: Path, options: TokensPreprocessOptions, rng: random.Random) -> TokensSample:
+    """Upstream's training window (`VideoFolderDataset.get_frame_batch`): every n-th frame, n = round(source fps /
+    fps), num_frames of them from a random start, and the audio from the first frame on; BadInput (the reason) when
+    the video cannot give it."""
+    info = probe_with_audio(video)
+    source, sound = info.video, info.audio
+    every_nth = min(max(1, round(source.fps / options.fps + 1e-5)), source.num_frames)
+    # Upstream quirk kept for parity: the start is drawn in units of every_nth frames, but the range subtracts
+    # num_frames * every_nth (and 5) from the length in those units; where that is negative, it starts 1 s in.
+    high = source.num_frames // every_nth - options.num_frames * every_nth - 5
+    first = rng.randint(0, high) if high >= 0 else int(source.fps)
+    frames = tuple(every_nth * (first + k) for k in range(options.num_frames))
+    if frames[-1] >= source.num_frames:
+        raise BadInput(f"too short: {source.num_frames} frames at {source.fps:g} fps, {options.num_frames} frames "
+                       f"every {every_nth} from frame {first * every_nth} need {frames[-1] + 1}")
+    audio_start = frames[0] / source.fps - sound.start
+    if audio_start < 0 or audio_start + options.seconds > sound.duration + 1e-3:
+        raise BadInput(f"its audio ({sound.start:.2f}-{sound.start + sound.duration:.2f} s) does not cover the window "
+                       f"{frames[0] / source.fps:.2f}-{frames[0] / source.fps + options.seconds:.2f} s")
+    return TokensSample(video, base, frames, audio_start)
+
+
+def cut_if_missing(clip: DanceClip, run: Run) -> None:
     """Cut the clip (dropping any features of an earlier cut) and write its caption unless they exist; BadInput when
     the cut comes out too short."""
     num_frames = run.options.num_frames
-    if not clip_is_valid(clip.video, num_frames):
-        for suffix in FILE_KEYS:  # features of an earlier cut describe other frames
-            clip.file(suffix).unlink(missing_ok=True)
+    if not clip_is_valid(clip.video, num_frames, run.frame_size):
+        drop_features(clip)
         cut_clip(clip.source, clip.video, clip.start, clip_seconds(num_frames), clip.window, run.frame_size, MODEL_FPS)
         run.touched.add(clip.video)
-        if not clip_is_valid(clip.video, num_frames):
+        if not clip_is_valid(clip.video, num_frames, run.frame_size):
             clip.video.unlink()
             raise BadInput(f"its clip from {clip.start:.2f} s has fewer than {num_frames} frames or no audio")
-    if not clip.file(".txt").is_file():
-        write_text(clip.file(".txt"), caption_for(clip.source, run.options))
-        run.touched.add(clip.video)
+    write_caption_if_missing(clip, run, BASIC_PROMPT)
 
 
-def clip_is_valid(path: Path, num_frames: int) -> bool:
-    """Whether a cut clip is there, readable, with audio and at least `num_frames` frames."""
+def write_sample_if_missing(sample: TokensSample, run: Run) -> None:
+    """Write the sample's mp4 (dropping any features of an earlier one) and its caption unless they exist."""
+    options = run.options
+    if not clip_is_valid(sample.video, options.num_frames, run.frame_size):
+        drop_features(sample)
+        batches = list(frames_at(sample.source, sample.frames, run.frame_size))
+        if sum(map(len, batches)) < options.num_frames:
+            raise BadInput(f"only {sum(map(len, batches))} of its {options.num_frames} frames decode")
+        samples, rate = audio_window(sample.source, probe(sample.source).require_audio(), sample.audio_start, options.seconds)
+        write_video(batches, options.fps, sample.video, audio=samples, sample_rate=rate)
+        run.touched.add(sample.video)
+    write_caption_if_missing(sample, run, FALLBACK_PROMPT)
+
+
+def drop_features(clip: Clip) -> None:
+    """Delete a clip's cached features: those of an earlier cut describe other frames."""
+    for suffix in FILE_KEYS:
+        clip.file(suffix).unlink(missing_ok=True)
+
+
+def clip_is_valid(path: Path, num_frames: int, size: tuple[int, int]) -> bool:
+    """Whether a clip is there, readable, with audio and at least `num_frames` frames of `size` (width, height)."""
     if not path.is_file():
         return False
     try:
         info = probe(path)
     except BadInput:
         return False
-    return info.audio is not None and info.video is not None and info.video.num_frames >= num_frames
+    return (info.audio is not None and info.video is not None and info.video.num_frames >= num_frames
+            and (info.video.width, info.video.height) == size)
 
 
-def caption_for(video: Path, options: DancePreprocessOptions) -> str:
-    """`<stem>.txt` beside the video when it holds text, else --caption, else the basic prompt."""
-    beside = video.with_suffix(".txt")
+def write_caption_if_missing(clip: Clip, run: Run, default: str) -> None:
+    """`<stem>.txt` beside the source video when it holds text, else --caption, else `default`."""
+    if clip.file(".txt").is_file():
+        return
+    beside = clip.source.with_suffix(".txt")
     text = beside.read_text(errors="replace").strip() if beside.is_file() else ""
-    return text or options.caption or BASIC_PROMPT
+    write_text(clip.file(".txt"), text or run.options.caption or default)
+    run.touched.add(clip.video)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -341,16 +523,43 @@ def cache_latents(clips: list[Clip], run: Run) -> list[Clip]:
     return cache(clips, [LATENT_FILE], "VAE latents", load, run)
 
 
-def vae_posterior(vae, video):
-    """The Mochi VAE encoder's mean and log-variance (1, 12, T', h, w) as fp32 on the CPU.
+def cache_zeroscope_latents(samples: list[Clip], run: Run) -> list[Clip]:
+    """zeroscope's (2D) VAE on every frame of the sample, laid out (1, 4, F, h, w) as upstream's `tensor_to_vae_latent`."""
+    def load() -> Writer:
+        import torch
+        from diffusers import AutoencoderKL
+
+        from avtool.runtime import resolve_device, resolve_dtype
+        from avtool.weights.loading import load_pretrained
+
+        device = resolve_device(run.options.device)
+        dtype = resolve_dtype(run.options.dtype, device)
+        vae = load_pretrained(AutoencoderKL, run.weights.zeroscope / "vae", torch_dtype=dtype).to(device).eval()
+        num_frames = run.options.num_frames
+
+        def write(sample: Clip) -> None:
+            frames = read_frames(sample.video, num_frames=num_frames)
+            if len(frames) < num_frames:
+                raise BadInput(f"{sample.video}: fewer than {num_frames} frames")
+            pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device, dtype) / 127.5 - 1  # (F, 3, H, W)
+            mean, logvar = (part.permute(1, 0, 2, 3)[None].contiguous() for part in vae_posterior(vae, pixels))
+            save(sample.file(LATENT_FILE), {"mean": mean, "logvar": logvar})
+        return write
+
+    return cache(samples, [LATENT_FILE], "VAE latents", load, run)
+
+
+def vae_posterior(vae, pixels):
+    """The VAE encoder's mean and log-variance as fp32 on the CPU: (1, 12, T', h, w) from Mochi's, (F, 4, h, w)
+    from zeroscope's 2D VAE.
 
     Read from the posterior's parameters rather than `latent_dist.logvar`, which diffusers clamps to [-30, 20]:
-    upstream's encoder stores them unclamped.
+    upstream's (Mochi) encoder stores them unclamped.
     """
     import torch
 
     with torch.inference_mode():
-        parameters = vae.encode(video).latent_dist.parameters.float().cpu()
+        parameters = vae.encode(pixels).latent_dist.parameters.float().cpu()
     mean, logvar = parameters.chunk(2, dim=1)
     return mean.clone(), logvar.clone()  # clones: a saved view would carry the whole storage
 
@@ -400,6 +609,28 @@ def cache_audio_features(clips: list[Clip], run: Run) -> list[Clip]:
     return cache(clips, [AUDIO_FILE], "wav2vec2 features", load, run)
 
 
+def cache_beats_features(samples: list[Clip], run: Run) -> list[Clip]:
+    """BEATs (every layer) on the sample's audio at 16 kHz mono, through `avtool tokens`' path."""
+    def load() -> Writer:
+        import torch
+
+        from avtool.models.beats import load_beats
+        from avtool.runtime import resolve_device
+        from avtool.weights.loading import load_checkpoint
+
+        device = resolve_device(run.options.device)
+        beats = load_beats(load_checkpoint(run.weights.beats), str(run.weights.beats)).to(device).eval()
+
+        def write(sample: Clip) -> None:
+            samples, rate = audio_window(sample.video, probe(sample.video).require_audio(), 0, run.options.seconds)
+            with torch.inference_mode():
+                features = beats.extract_layer_features(torch.from_numpy(beats_waveform(samples, rate))[None].to(device))
+            save(sample.file(BEATS_FEATURES_FILE), {"features": features.float().cpu()})
+        return write
+
+    return cache(samples, [BEATS_FEATURES_FILE], "BEATs features", load, run)
+
+
 def cache(clips: list[Clip], suffixes: list[str], label: str, load: Callable[[], Writer], run: Run) -> list[Clip]:
     """Write the `suffixes` files of the clips lacking one, loading the model (`load`) first if any does; a clip
     whose file cannot be made is rejected with the reason. Returns the clips still in the run."""
@@ -409,7 +640,7 @@ def cache(clips: list[Clip], suffixes: list[str], label: str, load: Callable[[],
     if not missing:
         return clips
     silence_libraries()
-    with weights_hint(run.weights.root, MODEL_OF_FOLDER):
+    with weights_hint(run.weights.root, run.model_of_folder):
         write = load()
     failed: set[Path] = set()
     with progress(run.quiet) as bar:

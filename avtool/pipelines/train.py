@@ -6,7 +6,7 @@
     (`avtool.training.loop`): checkpoints every `save_interval` steps, `--resume`, metrics.jsonl, the final adapter
 
 A config names its task by its keys, as upstream's files do: MusicInfuser's has `audio_mode` (and `model.type:
-lora+audio`); TempoTokens' (`embedder_learning_rate`, `train_data`) is not supported yet.
+lora+audio`); TempoTokens' has `embedder_learning_rate` or `train_data`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avtool.errors import BadInput, NotAvailable
+from avtool.errors import BadInput
 
 # task -> its module (with `Task(config, weights_dir, device)`); `<module>_config` holds CONFIG and check_inputs, no torch
-TASKS = {"musicinfuser": "avtool.training.musicinfuser"}
+TASKS = {"musicinfuser": "avtool.training.musicinfuser", "tempotokens": "avtool.training.tempotokens"}
 
 
 @dataclass(frozen=True)
 class TrainRequest:
     config: Path
-    run_dir: Path | None = None  # None: the config's checkpoint_dir
+    run_dir: Path | None = None  # None: the config's checkpoint_dir (TempoTokens: output_dir)
     resume: bool = False
     max_steps: int | None = None
     weights_dir: Path = Path("weights")
@@ -38,9 +38,10 @@ def task_of(raw: dict[str, Any], path: Path) -> str:
     if "audio_mode" in raw or (isinstance(raw.get("model"), dict) and raw["model"].get("type") == "lora+audio"):
         return "musicinfuser"
     if "embedder_learning_rate" in raw or "train_data" in raw:
-        raise NotAvailable(f"{path}: a TempoTokens config; training TempoTokens' mapper is not available yet")
+        return "tempotokens"
     raise BadInput(f"{path}: not a config avtool can train from",
-                   hint="start from configs/music_infuser.yaml (MusicInfuser: `audio_mode`, `model.type: lora+audio`)")
+                   hint="start from configs/music_infuser.yaml (MusicInfuser: `audio_mode`, `model.type: lora+audio`) "
+                        "or configs/tempotokens/*.yaml (TempoTokens: `embedder_learning_rate`, `train_data`)")
 
 
 def read_config(path: Path) -> tuple[str, Any, Any]:
