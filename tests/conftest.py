@@ -32,3 +32,15 @@ def tiny_weights(tmp_path_factory) -> Path:
     weights_dir = tmp_path_factory.mktemp("weights")
     build_tiny(weights_dir, ["mochi-1-preview", "musicinfuser", "vidmuse", "tempotokens", "musev", "controlnet-openpose"])
     return weights_dir
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on shared cores: a second intra-op thread only adds synchronisation (seconds on a busy machine).
+    Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

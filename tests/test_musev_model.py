@@ -36,12 +36,7 @@ def _meta_state(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
     return {key: torch.empty(shape, device="meta") for key, shape in keys.items()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------------

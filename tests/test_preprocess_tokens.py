@@ -20,13 +20,7 @@ OPTIONS = TokensPreprocessOptions(num_frames=8, height=32, width=32, seed=0)  # 
 SAMPLES = ["alpha", "beta"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on shared cores: a second intra-op thread only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

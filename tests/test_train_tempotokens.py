@@ -18,14 +18,7 @@ from avtool.pipelines.preprocess import TokensPreprocessOptions, preprocess_toke
 from avtool.training.config import from_dict
 from avtool.training.tempotokens_config import TempoTokensConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on shared cores: a second intra-op thread only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -499,54 +499,43 @@ Writer = Callable[[Clip], None]
 
 
 def cache_latents(clips: list[Clip], run: Run) -> list[Clip]:
+    """Mochi's video VAE on each clip's first num_frames frames: {mean, logvar} of (1, 12, T', h, w)."""
+    return cache_vae_latents(clips, run, "AutoencoderKLMochi", run.weights.mochi / "vae", per_frame=False)
+
+
+def cache_zeroscope_latents(samples: list[Clip], run: Run) -> list[Clip]:
+    """zeroscope's (2D) VAE on every frame of the sample, laid out (1, 4, F, h, w) as upstream's `tensor_to_vae_latent`."""
+    return cache_vae_latents(samples, run, "AutoencoderKL", run.weights.zeroscope / "vae", per_frame=True)
+
+
+def cache_vae_latents(clips: list[Clip], run: Run, vae_class: str, vae_folder: Path, per_frame: bool) -> list[Clip]:
+    """The VAE posterior of each clip's first num_frames frames, encoded as one video or (`per_frame`) frame by frame."""
     def load() -> Writer:
+        import diffusers
         import torch
-        from diffusers import AutoencoderKLMochi
 
         from avtool.runtime import resolve_device, resolve_dtype
         from avtool.weights.loading import load_pretrained
 
         device = resolve_device(run.options.device)
         dtype = resolve_dtype(run.options.dtype, device)
-        vae = load_pretrained(AutoencoderKLMochi, run.weights.mochi / "vae", torch_dtype=dtype).to(device).eval()
+        vae = load_pretrained(getattr(diffusers, vae_class), vae_folder, torch_dtype=dtype).to(device).eval()
         num_frames = run.options.num_frames
 
         def write(clip: Clip) -> None:
             frames = read_frames(clip.video, num_frames=num_frames)
             if len(frames) < num_frames:
                 raise BadInput(f"{clip.video}: fewer than {num_frames} frames")
-            video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].to(device, dtype) / 127.5 - 1
-            mean, logvar = vae_posterior(vae, video)
+            pixels = torch.from_numpy(frames).to(device, dtype) / 127.5 - 1  # (F, H, W, 3)
+            if per_frame:
+                posterior = vae_posterior(vae, pixels.permute(0, 3, 1, 2))  # (F, C, h, w) each
+                mean, logvar = (part.permute(1, 0, 2, 3)[None].contiguous() for part in posterior)
+            else:
+                mean, logvar = vae_posterior(vae, pixels.permute(3, 0, 1, 2)[None])
             save(clip.file(LATENT_FILE), {"mean": mean, "logvar": logvar})
         return write
 
     return cache(clips, [LATENT_FILE], "VAE latents", load, run)
-
-
-def cache_zeroscope_latents(samples: list[Clip], run: Run) -> list[Clip]:
-    """zeroscope's (2D) VAE on every frame of the sample, laid out (1, 4, F, h, w) as upstream's `tensor_to_vae_latent`."""
-    def load() -> Writer:
-        import torch
-        from diffusers import AutoencoderKL
-
-        from avtool.runtime import resolve_device, resolve_dtype
-        from avtool.weights.loading import load_pretrained
-
-        device = resolve_device(run.options.device)
-        dtype = resolve_dtype(run.options.dtype, device)
-        vae = load_pretrained(AutoencoderKL, run.weights.zeroscope / "vae", torch_dtype=dtype).to(device).eval()
-        num_frames = run.options.num_frames
-
-        def write(sample: Clip) -> None:
-            frames = read_frames(sample.video, num_frames=num_frames)
-            if len(frames) < num_frames:
-                raise BadInput(f"{sample.video}: fewer than {num_frames} frames")
-            pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device, dtype) / 127.5 - 1  # (F, 3, H, W)
-            mean, logvar = (part.permute(1, 0, 2, 3)[None].contiguous() for part in vae_posterior(vae, pixels))
-            save(sample.file(LATENT_FILE), {"mean": mean, "logvar": logvar})
-        return write
-
-    return cache(samples, [LATENT_FILE], "VAE latents", load, run)
 
 
 def vae_posterior(vae, pixels):
