@@ -47,21 +47,14 @@ def task_of(raw: dict[str, Any], path: Path) -> str:
 def read_config(path: Path) -> tuple[str, Any, Any]:
     """(task name, its config dataclass, the task's torch-free config module) from the YAML at `path`; BadInput
     naming a missing file or an unknown key."""
-    import yaml
+    from avtool.training.config import load_config, read_yaml
 
-    from avtool.training.config import load_config
-
-    if not path.is_file():
-        raise BadInput(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise BadInput(f"{path}: cannot read the config ({str(error).splitlines()[0]})") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: expected a YAML mapping of keys")
     name = task_of(raw, path)
     module = importlib.import_module(TASKS[name] + "_config")
-    return name, load_config(path, module.CONFIG), module
+    return name, load_config(path, module.CONFIG, raw), module
 
 
 def train(request: TrainRequest) -> dict[str, Any]:

@@ -63,15 +63,21 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
-def load_config(path: str | Path, config_type: type[Config]) -> Config:
-    """Read the YAML file at `path` into `config_type`; BadInput (exit 2) for a missing file, bad YAML or a bad key."""
+def read_yaml(path: str | Path) -> Any:
+    """The YAML file at `path` (`yaml.safe_load`); BadInput (exit 2) for a missing or unreadable file or bad YAML."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise BadInput(f"{path}: cannot read the config ({error})") from None
+        raise BadInput(f"{path}: cannot read the config ({str(error).splitlines()[0]})") from None
+
+
+def load_config(path: str | Path, config_type: type[Config], data: Any = None) -> Config:
+    """The YAML file at `path` (or its already-read `data`) as `config_type`; BadInput (exit 2) for a missing file,
+    bad YAML or a bad key."""
+    data = read_yaml(path) if data is None else data
     try:
         return from_dict(config_type, {} if data is None else data)
     except BadInput as error:
