@@ -72,6 +72,7 @@ from avtool.pipelines.tokens import (
     resolve_shape,
 )
 from avtool.runtime import check_device, check_dtype, silence_libraries
+from avtool.training.musicinfuser_config import AUDIO_FILE, BASIC_EMBED_FILE, DETAILED_EMBED_FILE, LATENT_FILE
 from avtool.training.tempotokens_config import BEATS_FEATURES_FILE, FALLBACK_PROMPT
 from avtool.ui import progress
 from avtool.weights.layout import (
@@ -89,7 +90,6 @@ EDGE_EXCLUDE = 0.05  # random segments start past the first 5% of the video and 
 BASIC_PROMPT = "a dance video"  # upstream's basic prompt for non-AIST videos, and the default caption
 MAX_CLIPS_PER_MINUTE = 600.0
 MAX_TOKENS_FRAMES, MAX_TOKENS_FPS, MAX_SIZE, SIZE_STEP = 1024, 240.0, 4096, 8
-LATENT_FILE, DETAILED_EMBED_FILE, BASIC_EMBED_FILE, AUDIO_FILE = ".latent.pt", ".embed_.pt", ".embed.pt", ".audio_wav2vec.pt"
 FILE_KEYS = {LATENT_FILE: {"mean", "logvar"}, DETAILED_EMBED_FILE: {"y_mask", "y_feat"},
              BASIC_EMBED_FILE: {"y_mask", "y_feat"}, AUDIO_FILE: {"audio_embeddings"}, BEATS_FEATURES_FILE: {"features"}}
 

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from avtool.errors import BadInput
 from avtool.training.config import OptimizerConfig, TrainingConfig
+from avtool.training.musicinfuser_config import LATENT_FILE  # one name for both tasks' cached VAE posteriors
 from avtool.weights.layout import ZEROSCOPE_FOLDER, WeightsCheck
 
 # The files of a sample `<stem>`, as `avtool preprocess tokens` names them.
-LATENT_FILE, BEATS_FEATURES_FILE, PROMPT_FILE = ".latent.pt", ".beats.pt", ".txt"
+BEATS_FEATURES_FILE, PROMPT_FILE = ".beats.pt", ".txt"
 SAMPLE_FILES = (LATENT_FILE, BEATS_FEATURES_FILE, PROMPT_FILE)
 FALLBACK_PROMPT = "<temp> <local1> <local2> <local3> <local4> <class>"
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
