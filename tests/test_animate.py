@@ -80,6 +80,7 @@ def test_the_unet_never_sees_more_than_one_window_batch():
     (["--prompt", "x", "--height", "100"], "--height 100: must be a multiple of 64"),
     (["--image", "{text}"], "not an image OpenCV can read"),
     (["--task-file", "{tasks}", "--target", "nobody"], "--target nobody: no such item"),
+    (["--task-file", "{tasks}", "--prompt", "x"], "--task-file items bring their own images and prompts"),
     (["--task-file", "{tasks}", "--target", "lost"], "item lost: image missing.png not found"),
     (["--prompt", "x", "--pose-video", "{pose}", "--time-size", "12"], "13 are needed (1 + --n-batch 1 x --time-size 12"),
 ])

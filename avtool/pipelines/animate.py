@@ -287,6 +287,9 @@ def check_options(request: AnimateRequest, opts: GenerationOptions) -> None:
                        hint='e.g. avtool animate --image face.png --prompt "(1girl, solo:1), (eye blinks:1.8)"')
     if request.task_file is None and request.targets:
         raise BadInput("--target picks items of a --task-file; no task file was given")
+    if request.task_file is not None and (request.image or request.prompt):
+        raise BadInput("--task-file items bring their own images and prompts: drop --image/--prompt",
+                       hint="or run the image and prompt on their own, without --task-file")
     check_numbers(request)
 
 
