@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Demo (`make demo`): music to dance on tiny random weights — builds weights/tiny if missing, synthesises a short
-# song (no download), runs `avtool dance` on it and prints where the video is. Seconds on a laptop CPU.
+# Demo (`make demo`): every generation command on tiny random weights — builds weights/tiny if missing, synthesises
+# a short song and an image (no download), then: song -> dance video (dance), that video -> music (score),
+# song -> video (tokens), image -> video (animate). Prints where the outputs are. Under a minute on a laptop CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -9,8 +10,9 @@ WEIGHTS=weights/tiny
 SONG=outputs/demo/song.wav
 mkdir -p outputs/demo
 
-if [ ! -f "$WEIGHTS/musicinfuser/musicinfuser.safetensors" ] || [ ! -f "$WEIGHTS/mochi-1-preview/model_index.json" ]; then
-    $PY -m avtool download-weights --tiny mochi-1-preview musicinfuser --dir "$WEIGHTS"
+MODELS="mochi-1-preview musicinfuser vidmuse tempotokens musev"
+if ! $PY -m avtool download-weights --verify $MODELS --dir "$WEIGHTS" -q >/dev/null 2>&1; then
+    $PY -m avtool download-weights --tiny $MODELS --dir "$WEIGHTS"
 fi
 
 $PY - "$SONG" <<'PY'
@@ -26,7 +28,22 @@ chord = sum(0.12 * np.sin(2 * np.pi * f * t) for f in (220.0, 261.63, 329.63))
 since_beat = t % 0.5
 kick = 0.6 * np.sin(2 * np.pi * 60 * since_beat) * np.exp(-since_beat * 18)
 soundfile.write(sys.argv[1], np.stack([chord + kick, chord + 0.8 * kick], axis=1).astype(np.float32), sr)
+
+# a soft colour gradient with a disc: the first frame for animate
+import cv2
+
+y, x = np.mgrid[0:256, 0:256] / 255.0
+image = np.stack([x, y, 1 - x], axis=-1) * 200
+cv2.circle(image, (128, 128), 60, (240, 220, 200), -1)
+cv2.imwrite(sys.argv[1].replace("song.wav", "face.png"), image.astype(np.uint8))
 PY
 
-$PY -m avtool dance "$SONG" --weights-dir "$WEIGHTS" --num-frames 25 --steps 8 --seed 0 --output-dir outputs/demo
-echo "video: outputs/demo/song_generated.mp4 (sidecar: outputs/demo/song_generated.mp4.json)"
+OPTS=(--weights-dir "$WEIGHTS" --seed 0 --output-dir outputs/demo --overwrite)
+$PY -m avtool dance "$SONG" "${OPTS[@]}" --num-frames 31 --steps 8
+$PY -m avtool score outputs/demo/song_generated.mp4 "${OPTS[@]}"
+$PY -m avtool tokens "$SONG" "${OPTS[@]}" --steps 8 --prompt "a drummer on stage"
+$PY -m avtool animate --image outputs/demo/face.png --prompt "(1girl, solo:1), (eye blinks:1.8)" "${OPTS[@]}" --time-size 24 --steps 4
+echo "dance:   outputs/demo/song_generated.mp4"
+echo "score:   outputs/demo/song_generated_scored.mp4 (+ .wav)"
+echo "tokens:  outputs/demo/song_tokens.mp4"
+echo "animate: outputs/demo/face_animated.mp4     (each with its .json sidecar)"
