@@ -97,7 +97,7 @@ def write_sd15(folder: Path) -> Path:
     from diffusers import PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = write_clip_tokenizer(folder / "tokenizer")
+    tokenizer = write_clip_tokenizer(folder / "tokenizer", words=prompt_words())
     torch.manual_seed(30)
     unet = UNet2DConditionModel(**SPATIAL, **SD_BLOCKS)
     torch.manual_seed(31)
@@ -112,6 +112,17 @@ def write_sd15(folder: Path) -> Path:
     write_pipeline_folder(folder, "StableDiffusionPipeline", components, saved=("tokenizer", "vae"),
                           unet={"safe_serialization": False})
     return folder
+
+
+def prompt_words() -> list[str]:
+    """The words of MuseV's negative prompts (and of a typical prompt) as whole tokens, as the real tokenizer has
+    them: spelled by characters, the V2 negative prompt alone would overflow the three 77-token chunks."""
+    import re
+
+    from avtool.models.musev.prompt import NEGATIVE_PROMPTS
+
+    text = " ".join([*NEGATIVE_PROMPTS.values(), "masterpiece best quality highres 1girl 1boy solo eye blinks head wave"])
+    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 def _activated(model):

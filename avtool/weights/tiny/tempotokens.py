@@ -9,6 +9,7 @@ UNet's temporal layers; here they are random so that frames interact as in a tra
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from avtool.weights.layout import BEATS_FOLDER, MAPPER_FILE, MAPPERS, TEMPOTOKENS_FOLDER, ZEROSCOPE_FOLDER
@@ -84,15 +85,23 @@ def write_zeroscope(folder: Path) -> Path:
     return folder
 
 
-def write_clip_tokenizer(folder: Path):
-    """A byte-level CLIP BPE tokenizer without merges (every word spelled by characters) in `folder`."""
+def write_clip_tokenizer(folder: Path, words: Iterable[str] = ()):
+    """A byte-level CLIP BPE tokenizer in `folder`: every word spelled by characters, except `words` (lower-case
+    ASCII letters and digits), which merge into one token each, as the real tokenizer's common words do."""
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     characters = [_byte_char(b) for b in range(256)]
-    vocab = {token: i for i, token in enumerate([*characters, *(c + "</w>" for c in characters),
-                                                 "<|startoftext|>", "<|endoftext|>"])}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    tokens = [*characters, *(c + "</w>" for c in characters), "<|startoftext|>", "<|endoftext|>"]
+    merges = []
+    for word in dict.fromkeys(w for w in words if len(w) > 1 and w.isascii() and w.isalnum()):
+        merged = word[0]
+        for piece in [*word[1:-1], word[-1] + "</w>"]:  # h e l l o</w> -> he, hel, hell, hello</w>
+            merges.append((merged, piece))
+            merged += piece
+            tokens.append(merged)
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=77)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
