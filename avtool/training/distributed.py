@@ -116,6 +116,8 @@ def gather_objects(obj: Any) -> list[Any]:
 
 
 def cleanup() -> None:
-    """Leave the process group, if one was joined."""
+    """Leave the process group, if one was joined. All ranks meet first: a rank tearing gloo's connections down while
+    its peer is still in the previous collective can abort the peer ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
