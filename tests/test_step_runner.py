@@ -74,6 +74,19 @@ def test_runner_checks_its_arguments():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_takes_a_cpu_timestep_as_diffusers_schedulers_give_it():
+    class Scaled(nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return x * t.to(x.device)  # what a diffusers UNet does with a CPU timestep
+
+    graphed = StepRunner(Scaled(), "cuda-graph")
+    x = torch.randn(3, 4, device="cuda")
+    for t in (torch.tensor(999.0), torch.tensor(7.0)):
+        torch.testing.assert_close(graphed(x, t), x * t.cuda())
+    assert len(graphed.graphs) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graphs_stay_bounded_and_match_eager():
     step = nn.Linear(8, 8).cuda()
     graphed = StepRunner(step, "cuda-graph", max_graphs=2)

@@ -39,8 +39,10 @@ class _CapturedStep:
 
     def __init__(self, step: nn.Module, args: tuple[torch.Tensor | None, ...], kwargs: dict[str, torch.Tensor | None],
                  pool: tuple) -> None:
-        self.args = tuple(None if a is None else a.clone() for a in args)
-        self.kwargs = {k: None if v is None else v.clone() for k, v in kwargs.items()}
+        # The buffers live on the GPU, CPU inputs (a scheduler's timestep) included: a graph cannot copy from the CPU.
+        device = next((a.device for a in (*args, *kwargs.values()) if a is not None and a.is_cuda), torch.device("cuda"))
+        self.args = tuple(None if a is None else a.to(device, copy=True) for a in args)
+        self.kwargs = {k: None if v is None else v.to(device, copy=True) for k, v in kwargs.items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside capture: lazy init, cuBLAS handles, autotuning
