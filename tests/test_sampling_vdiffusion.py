@@ -56,3 +56,26 @@ def test_exact_v_recovers_the_data():
 
     for steps in (1, 3, 50):
         torch.testing.assert_close(sample_vdiffusion(exact_v, randn(3), vdiffusion_sigmas(steps)), x0, rtol=1e-5, atol=1e-5)
+
+
+def test_inpainting_holds_the_known_part_on_its_noised_path_and_ends_on_it():
+    from avtool.sampling.inpaint import VInpaintDenoiser
+
+    known, noise = randn(5), randn(6)
+    mask = torch.zeros(SHAPE, dtype=torch.bool)
+    mask[..., :6] = True
+    seen_inputs = []
+
+    def net(x, sigma):  # a toy model that would pull everything towards 0.3 x
+        seen_inputs.append((float(sigma), x.clone()))
+        return 0.7 * x
+
+    sigmas = vdiffusion_sigmas(8)
+    out = sample_vdiffusion(VInpaintDenoiser(net, known, mask, noise), noise, sigmas)
+    torch.testing.assert_close(out[..., :6], known[..., :6], rtol=0, atol=1e-5)
+    for sigma, x in seen_inputs:  # every model call saw the known part noised to its own level
+        a, b = math.cos(sigma * math.pi / 2), math.sin(sigma * math.pi / 2)
+        torch.testing.assert_close(x[..., :6], a * known[..., :6] + b * noise[..., :6], rtol=0, atol=1e-5)
+    free = sample_vdiffusion(net, noise, sigmas)  # the toy model is elementwise: the free part is sampled as without mask
+    torch.testing.assert_close(out[..., 6:], free[..., 6:], rtol=0, atol=0)
+    assert not torch.allclose(out[..., :6], free[..., :6], atol=1e-2)
