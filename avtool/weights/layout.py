@@ -38,6 +38,11 @@ MAPPERS = ("vggsound", "landscape", "audioset_drum")  # upstream's models/<datas
 MUSEV_FOLDER = "musev"
 MUSEV_BASE_MODEL = "t2i/sd1.5/majicmixRealv6Fp16"  # the SD1.5 model whose spatial weights go over the motion UNet
 CONTROLNET_FOLDER = "control_v11p_sd15_openpose"  # the openpose ControlNet of `animate --pose-video`
+D2M_FOLDER = "d2m"  # a trained Dance2Music-Diffusion: `avtool train configs/d2m.yaml` writes these files
+D2M_DIFFUSION_FILE = "dancecondation_test_final.pt"  # upstream's names
+D2M_MOT_FILE = "MOT_final.pt"
+D2M_CONFIG_FILE = "d2m.json"  # avtool's: the sizes (absent from upstream's runs: upstream's sizes)
+DMAE_FOLDER = "dmae1d-ATC32-v3"  # archinetai's audio autoencoder, as published on the hub
 VARIANTS = ("bf16", "fp16")
 
 
