@@ -44,6 +44,9 @@ class TrainingConfig:
     batch_size: int = 1  # per process
     min_lr_factor: float = 0.0  # the cosine decays to lr * min_lr_factor (upstream: 0)
     keep_checkpoints: int = 2
+    lr_schedule: str = "cosine"  # "cosine": warm-up then cosine; "step": x lr_gamma every lr_step_epochs epochs (StepLR)
+    lr_step_epochs: int = 30
+    lr_gamma: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "batch_size", "keep_checkpoints"):
@@ -52,6 +55,8 @@ class TrainingConfig:
         for name in ("warmup_steps", "save_interval", "grad_clip", "min_lr_factor"):
             if getattr(self, name) < 0:
                 raise BadInput(f"training.{name}: must not be negative, got {getattr(self, name)}")
+        if self.lr_schedule not in ("cosine", "step"):
+            raise BadInput(f"training.lr_schedule {self.lr_schedule!r}: expected cosine or step")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The training loop shared by every `avtool train` task: one process or many under torchrun, resumable bit for bit.
 
 A task (MusicInfuser, TempoTokens, ...) supplies its trainable parameters, its dataset and its loss; the loop
-does the rest: seeding, data order and sharding, AdamW with warm-up + cosine, gradient clipping, averaging
+does the rest: seeding, data order and sharding, AdamW with warm-up + cosine (or StepLR), gradient clipping, averaging
 gradients over the processes, checkpoints, `metrics.jsonl` and the progress bar.
 
 Several processes: after each backward pass every gradient is all-reduced and divided by the number of
@@ -42,7 +42,7 @@ from avtool.training.checkpoint import (
 )
 from avtool.training.config import TrainConfig
 from avtool.training.metrics import MetricsLog
-from avtool.training.schedule import warmup_cosine
+from avtool.training.schedule import step_decay, warmup_cosine
 
 
 class TrainTask(Protocol):
@@ -66,6 +66,9 @@ class TrainTask(Protocol):
         Draw all randomness (noise, timesteps, dropout of conditions) from `generator`, a CPU generator
         whose state the checkpoints keep; the global RNGs are restored too, for modules such as nn.Dropout.
         """
+
+    # Optional: `optimizer_groups() -> list[dict]`, AdamW parameter groups with their own lr/betas/eps/weight_decay
+    # (the config's optimizer gives the rest); without it, one group of `trainable_parameters()`.
 
     def save_result(self, run_dir: Path, step: int) -> None:
         """Write the trained artefact (e.g. the adapter file the generation command loads) into `run_dir`.
@@ -136,10 +139,16 @@ def train(task: TrainTask, run_dir: str | Path, config: TrainConfig, resume: boo
         ensure_output_dir(run_dir)
 
     parameters = list(task.trainable_parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=config.optimizer.lr, betas=config.optimizer.betas,
+    # a task with several parts trained at their own rates (D2M: U-Net and MOT) gives its AdamW parameter groups
+    groups = task.optimizer_groups() if hasattr(task, "optimizer_groups") else [{"params": parameters}]
+    optimizer = torch.optim.AdamW(groups, lr=config.optimizer.lr, betas=config.optimizer.betas,
                                   eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay)
-    lr_factor = functools.partial(warmup_cosine, warmup=settings.warmup_steps, total=settings.num_steps,
-                                  min_factor=settings.min_lr_factor)
+    if settings.lr_schedule == "step":
+        lr_factor = functools.partial(step_decay, steps_per_epoch=data.steps_per_epoch, step_epochs=settings.lr_step_epochs,
+                                      gamma=settings.lr_gamma)
+    else:
+        lr_factor = functools.partial(warmup_cosine, warmup=settings.warmup_steps, total=settings.num_steps,
+                                      min_factor=settings.min_lr_factor)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     generator = torch.Generator()
 

@@ -19,3 +19,8 @@ def warmup_cosine(step: int, warmup: int, total: int, min_factor: float = 0.0) -
         return step / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_decay(step: int, steps_per_epoch: int, step_epochs: int, gamma: float) -> float:
+    """`gamma ** (epoch // step_epochs)`: torch's StepLR stepped once per epoch, as D2M's training script does."""
+    return gamma ** ((step // steps_per_epoch) // step_epochs)
