@@ -251,10 +251,10 @@ def download_weights(
 
 @command("preprocess")
 def preprocess(
-    kind: Annotated[str, typer.Argument(help="What to prepare: dance (MusicInfuser) or tokens (TempoTokens).", show_default=False)],
-    videos: Annotated[Path, typer.Argument(help="Folder of videos (subfolders too); a <stem>.txt beside a video is its caption.", show_default=False)],
+    kind: Annotated[str, typer.Argument(help="What to prepare: dance (MusicInfuser), tokens (TempoTokens) or d2m (Dance2Music-Diffusion).", show_default=False)],
+    videos: Annotated[Path, typer.Argument(help="Folder of videos (subfolders too); a <stem>.txt beside a video is its caption. d2m: a folder of AIST++ motion .pkl (or (frames, 219) .npy) and their music.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the clips and their cached features.", file_okay=False, show_default=False)],
-    num_frames: Annotated[Optional[int], typer.Option("--num-frames", help="Frames per clip. dance: 6k+1 at 30 fps (default 73: 2.5 s clips, as upstream); tokens: default 24.", show_default=False)] = None,
+    num_frames: Annotated[Optional[int], typer.Option("--num-frames", help="Frames per clip. dance: 6k+1 at 30 fps (default 73: 2.5 s clips, as upstream); tokens: default 24; d2m: motion frames per window at 60 fps (default 356, the model's).", show_default=False)] = None,
     weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Weights folder (dance: mochi-1-preview and musicinfuser's wav2vec2; tokens: tempotokens).", envvar="AVTOOL_WEIGHTS")] = Path("weights"),
     crop: Annotated[str, typer.Option("--crop", help="dance: random: --clips-per-minute seeded segments per minute of video (upstream); center: one from the middle.")] = "random",
     clips_per_minute: Annotated[float, typer.Option("--clips-per-minute", help="dance: random segments per minute of video.")] = 5.0,
@@ -263,6 +263,7 @@ def preprocess(
     width: Annotated[Optional[int], typer.Option("--width", help="tokens: frame width, a multiple of 8 (default: 384, or the weights' own size).", show_default=False)] = None,
     caption: Annotated[Optional[str], typer.Option("--caption", help="Caption for videos without a <stem>.txt (dance: \"a dance video\"; tokens: the six audio tokens).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random segments (default: drawn and reported).", show_default=False)] = None,
+    windows: Annotated[Optional[int], typer.Option("--windows", help="d2m: consecutive windows per motion from its start (default 1, as upstream: its first 5.93 s).", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="The VAE's: auto, fp32, bf16 or fp16 (the audio and text models run in fp32).")] = "auto",
     *,
@@ -270,7 +271,8 @@ def preprocess(
     quiet: bool,
 ) -> None:
     """Turn a folder of videos into training clips and cached features: dance (MusicInfuser, upstream's
-    preprocess.bash) or tokens (TempoTokens: one upstream training window per video, VAE latents and BEATs features).
+    preprocess.bash) or tokens (TempoTokens: one upstream training window per video, VAE latents and BEATs features);
+    d2m turns AIST++ motions and their music into motion windows and the music's dmae1d-ATC32-v3 latents.
 
     Resumable: a re-run skips the clips already complete. A video that gives no clip is reported with its reason and
     the run goes on.
@@ -278,15 +280,26 @@ def preprocess(
     from avtool.errors import BadInput
     from avtool.pipelines.common import check_choice
     from avtool.pipelines.preprocess import (
+        D2MPreprocessOptions,
         DancePreprocessOptions,
         TokensPreprocessOptions,
+        preprocess_d2m,
         preprocess_dance,
         preprocess_tokens,
     )
     from avtool.ui import print_json, say
 
-    check_choice("preprocess KIND", kind, ("dance", "tokens"))
-    if kind == "dance":
+    check_choice("preprocess KIND", kind, ("dance", "tokens", "d2m"))
+    if windows is not None and kind != "d2m":
+        raise BadInput("--windows: only for `avtool preprocess d2m`")
+    if kind == "d2m":
+        for name, value in (("--fps", fps), ("--height", height), ("--width", width), ("--caption", caption)):
+            if value is not None:
+                raise BadInput(f"{name}: not for `avtool preprocess d2m` (motion at 60 fps, music at 44.1 kHz)")
+        options = D2MPreprocessOptions(windows=1 if windows is None else windows, motion_frames=356 if num_frames is None else num_frames,
+                                       seed=seed, device=device)
+        summary = preprocess_d2m(videos, output, options, weights_dir, quiet)
+    elif kind == "dance":
         for name, value in (("--fps", fps), ("--height", height), ("--width", width)):
             if value is not None:
                 raise BadInput(f"{name}: only for `avtool preprocess tokens`", hint="dance clips take the Mochi size and 30 fps")
@@ -305,7 +318,7 @@ def preprocess(
     if json:
         print_json(summary.to_dict())
     if not summary.written and not summary.skipped:
-        raise BadInput(f"{videos}: no video gave a clip", hint="see the rejections above")
+        raise BadInput(f"{videos}: no {'motion' if kind == 'd2m' else 'video'} gave a clip", hint="see the rejections above")
 
 
 @command("dance", generation=True)
@@ -340,32 +353,63 @@ def dance(
 @command("score", generation=True)
 def score(
     inputs: Inputs = None,
-    model: Annotated[str, typer.Option("--model", help="Backend: vidmuse.")] = "vidmuse",
-    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of music, at least 1 (default: the video's length floored to whole seconds).", show_default=False)] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k likeliest tokens, 0 (off) to 2048.")] = 250,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling, 0 (off) to 1; replaces --top-k when set.")] = 0.0,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature, 0 (greedy) to 10.")] = 1.0,
-    cfg_scale: Annotated[float, typer.Option("--cfg-scale", help="Classifier-free guidance against a black video, 0 to 100.")] = 3.0,
-    runner: Annotated[str, typer.Option("--runner", help="Token step runner: auto (cuda-graph on CUDA, eager on CPU), eager, compile or cuda-graph.")] = "auto",
+    model: Annotated[str, typer.Option("--model", help="Backend: vidmuse (videos in) or d2m (Dance2Music-Diffusion: AIST++ motion .pkl/.npy in).")] = "vidmuse",
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of music, at least 1 (default: the video's length floored to whole seconds; d2m: the motion's).", show_default=False)] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="vidmuse: sample among the k likeliest tokens, 0 (off) to 2048.  [default: 250]", show_default=False)] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="vidmuse: nucleus sampling, 0 (off) to 1; replaces --top-k when set.  [default: 0]", show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="vidmuse: sampling temperature, 0 (greedy) to 10.  [default: 1]", show_default=False)] = None,
+    cfg_scale: Annotated[Optional[float], typer.Option("--cfg-scale", help="Classifier-free guidance, 0 to 100: vidmuse against a black video (default 3), d2m against its learned null motion (default 9, upstream's embedding_scale).", show_default=False)] = None,
+    runner: Annotated[Optional[str], typer.Option("--runner", help="vidmuse token step runner: auto (cuda-graph on CUDA, eager on CPU), eager, compile or cuda-graph.  [default: auto]", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="d2m: a trained D2M folder (`avtool train configs/d2m.yaml` writes one; default: <weights-dir>/d2m).", file_okay=False, show_default=False)] = None,
+    video: Annotated[Optional[Path], typer.Option("--video", help="d2m: the dance's video; the music is also muxed into a copy of it (<stem>_scored.mp4).", dir_okay=False, show_default=False)] = None,
+    decode_steps: Annotated[Optional[int], typer.Option("--decode-steps", help="d2m: steps of the autoencoder's diffusion decoder, 1 to 1000.  [default: 50]", show_default=False)] = None,
     *,
     json: bool,
     quiet: bool,
     common: GenerationOptions,
 ) -> None:
-    """Video to music for it (VidMuse): <stem>_scored.wav and <stem>_scored.mp4 with the video stream copied.
+    """Music for a video (VidMuse), or for a dance's motion (--model d2m, Dance2Music-Diffusion).
 
-    Inputs are videos, or folders of videos. Videos longer than 30 s are scored in windows of 30 s that carry
-    the last 0.5 s over, each conditioned on its own span's frames.
+    vidmuse: <stem>_scored.wav and <stem>_scored.mp4 with the video stream copied. Videos longer than 30 s are
+    scored in windows of 30 s that carry the last 0.5 s over, each conditioned on its own span's frames.
+
+    d2m: AIST++ motion files (.pkl with smpl_poses/smpl_trans/smpl_scaling, or (frames, 219) .npy, 60 fps) ->
+    <stem>_scored.wav (44.1 kHz stereo); --steps (default 50) sets the latent sampler's steps. Motion longer than
+    one 5.94 s window is scored in overlapping windows. D2M publishes no weights: train them with
+    `avtool preprocess d2m` and `avtool train configs/d2m.yaml`.
     """
     from avtool.errors import BadInput
+
+    if not inputs:
+        raise BadInput("no input: give one or more videos (--model d2m: motion files), or folders of them")
+    from avtool.pipelines.common import check_choice
+
+    check_choice("--model", model, ("vidmuse", "d2m"))
+    vidmuse_only = {"--top-k": top_k, "--top-p": top_p, "--temperature": temperature, "--runner": runner}
+    d2m_only = {"--checkpoint": checkpoint, "--video": video, "--decode-steps": decode_steps}
+    if model == "d2m":
+        from avtool.pipelines.d2m import D2MRequest, score_d2m
+
+        given = next((name for name, value in vidmuse_only.items() if value is not None), None)
+        if given:
+            raise BadInput(f"{given}: only for --model vidmuse (d2m samples latents by diffusion)")
+        request = D2MRequest(checkpoint=checkpoint, video=video, duration=duration, **_given(cfg_scale=cfg_scale, decode_steps=decode_steps))
+        _report(score_d2m(inputs, request, common), json)
+        return
     from avtool.pipelines.score import ScoreRequest
     from avtool.pipelines.score import score as run_score
 
-    if not inputs:
-        raise BadInput("no input: give one or more videos, or folders of videos")
-    request = ScoreRequest(model=model, duration=duration, top_k=top_k, top_p=top_p, temperature=temperature,
-                           cfg_scale=cfg_scale, runner=runner)
+    given = next((name for name, value in d2m_only.items() if value is not None), None)
+    if given:
+        raise BadInput(f"{given}: only for --model d2m")
+    request = ScoreRequest(model=model, duration=duration, **_given(top_k=top_k, top_p=top_p, temperature=temperature,
+                                                                   cfg_scale=cfg_scale, runner=runner))
     _report(run_score(inputs, request, common), json)
+
+
+def _given(**options: object) -> dict[str, object]:
+    """The options the user gave (not None): the rest keep the request's defaults."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 @command("animate", generation=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Demo (`make demo`): every generation command on tiny random weights — builds weights/tiny if missing, synthesises
-# a short song and an image (no download), then: song -> dance video (dance), that video -> music (score),
-# song -> video (tokens), image -> video (animate). Prints where the outputs are. Under a minute on a laptop CPU.
+# a short song, an image and a dance's motion (no download), then: song -> dance video (dance), that video -> music
+# (score), song -> video (tokens), image -> video (animate), motion -> music (score --model d2m). Prints where the
+# outputs are. Under a minute on a laptop CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -10,12 +11,13 @@ WEIGHTS=weights/tiny
 SONG=outputs/demo/song.wav
 mkdir -p outputs/demo
 
-MODELS="mochi-1-preview musicinfuser vidmuse tempotokens musev"
+MODELS="mochi-1-preview musicinfuser vidmuse tempotokens musev d2m"
 if ! $PY -m avtool download-weights --verify $MODELS --dir "$WEIGHTS" -q >/dev/null 2>&1; then
     $PY -m avtool download-weights --tiny $MODELS --dir "$WEIGHTS"
 fi
 
 $PY - "$SONG" <<'PY'
+import pickle
 import sys
 
 import numpy as np
@@ -36,6 +38,12 @@ y, x = np.mgrid[0:256, 0:256] / 255.0
 image = np.stack([x, y, 1 - x], axis=-1) * 200
 cv2.circle(image, (128, 128), 60, (240, 220, 200), -1)
 cv2.imwrite(sys.argv[1].replace("song.wav", "face.png"), image.astype(np.uint8))
+
+# 7 s of AIST++-style SMPL motion at 60 fps: joints swinging at 120 bpm around a random pose
+frames = np.arange(420)
+pose = np.random.default_rng(0).normal(0, 0.3, 72) + 0.4 * np.sin(2 * np.pi * 2 * frames / 60)[:, None]
+with open(sys.argv[1].replace("song.wav", "gBR_sBM_cAll_d04_mBR0_ch01.pkl"), "wb") as file:
+    pickle.dump({"smpl_poses": pose, "smpl_trans": np.zeros((420, 3)), "smpl_scaling": np.array([1.0])}, file)
 PY
 
 OPTS=(--weights-dir "$WEIGHTS" --seed 0 --output-dir outputs/demo --overwrite)
@@ -43,7 +51,9 @@ $PY -m avtool dance "$SONG" "${OPTS[@]}" --num-frames 31 --steps 8
 $PY -m avtool score outputs/demo/song_generated.mp4 "${OPTS[@]}"
 $PY -m avtool tokens "$SONG" "${OPTS[@]}" --steps 8 --prompt "a drummer on stage"
 $PY -m avtool animate --image outputs/demo/face.png --prompt "(1girl, solo:1), (eye blinks:1.8)" "${OPTS[@]}" --time-size 24 --steps 4
+$PY -m avtool score --model d2m outputs/demo/gBR_sBM_cAll_d04_mBR0_ch01.pkl "${OPTS[@]}" --steps 8 --decode-steps 4
 echo "dance:   outputs/demo/song_generated.mp4"
 echo "score:   outputs/demo/song_generated_scored.mp4 (+ .wav)"
 echo "tokens:  outputs/demo/song_tokens.mp4"
-echo "animate: outputs/demo/face_animated.mp4     (each with its .json sidecar)"
+echo "animate: outputs/demo/face_animated.mp4"
+echo "d2m:     outputs/demo/gBR_sBM_cAll_d04_mBR0_ch01_scored.wav     (each with its .json sidecar)"

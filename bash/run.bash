@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MusicInfuser fine-tuning, with upstream's interface (music_infuser/run.bash):
+# Training (MusicInfuser, TempoTokens, Dance2Music-Diffusion), with MusicInfuser's interface (music_infuser/run.bash):
 #   bash/run.bash -c CONFIG -n NUM_GPUS [-- extra avtool train options, e.g. --resume]
 # runs `avtool train CONFIG`, under `torchrun --nproc-per-node NUM_GPUS` when NUM_GPUS > 1 (gloo on CPU, NCCL on GPUs).
 # PY overrides the interpreter (default: this checkout's .venv, else python3).

@@ -26,11 +26,11 @@ def avtool():
 def tiny_weights(tmp_path_factory) -> Path:
     """A weights folder with tiny mochi-1-preview, musicinfuser (+ wav2vec2-base-960h), vidmuse (+ encodec, CLIP) and
     tempotokens (zeroscope, BEATs, the three mappers) and musev (motion UNets, ReferenceNet, SD1.5 base, VAE, image
-    encoder) with controlnet-openpose, built once per session."""
+    encoder) with controlnet-openpose, and d2m (dmae1d-ATC32-v3 and a trained-D2M folder), built once per session."""
     from avtool.weights.tiny import build_tiny
 
     weights_dir = tmp_path_factory.mktemp("weights")
-    build_tiny(weights_dir, ["mochi-1-preview", "musicinfuser", "vidmuse", "tempotokens", "musev", "controlnet-openpose"])
+    build_tiny(weights_dir, ["mochi-1-preview", "musicinfuser", "vidmuse", "tempotokens", "musev", "controlnet-openpose", "d2m"])
     return weights_dir
 
 

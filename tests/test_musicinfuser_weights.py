@@ -171,7 +171,7 @@ def test_tiny_wav2vec_layout_loads_with_transformers(tiny_weights):
 
 
 def test_tiny_builds_are_deterministic_and_small(tiny_weights, tmp_path):
-    build_tiny(tmp_path, ["mochi-1-preview", "musicinfuser", "vidmuse", "tempotokens", "musev", "controlnet-openpose"])  # what the tiny_weights fixture holds
+    build_tiny(tmp_path, ["mochi-1-preview", "musicinfuser", "vidmuse", "tempotokens", "musev", "controlnet-openpose", "d2m"])  # what the tiny_weights fixture holds
 
     def digest(path: Path) -> str:
         if path.suffix != ".safetensors":

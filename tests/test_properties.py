@@ -119,8 +119,8 @@ def paths(ext: str = "", kinds: list[str] = MEDIA_KINDS) -> st.SearchStrategy:
     return st.one_of(files(kinds, ext), SPECIAL_PATHS)
 
 
-def inputs(ext: str) -> st.SearchStrategy[list]:
-    return st.lists(paths(ext), max_size=2)
+def inputs(ext: str, kinds: list[str] = MEDIA_KINDS) -> st.SearchStrategy[list]:
+    return st.lists(paths(ext, kinds), max_size=2)
 
 
 flag = st.just(FLAG)
@@ -142,9 +142,11 @@ COMMANDS: dict[str, dict[str, st.SearchStrategy]] = {
         **GENERATION_OPTIONS, **OUTPUT_OPTIONS,
     },
     "score": {
-        "inputs": inputs(".mp4"), "--model": st.one_of(st.sampled_from(["vidmuse", "d2m", "VidMuse"]), strings),
+        "inputs": st.one_of(inputs(".mp4"), inputs(".npy", [*MEDIA_KINDS, "motion"])),
+        "--model": st.one_of(st.sampled_from(["vidmuse", "d2m", "VidMuse"]), strings),
         "--duration": float_values, "--top-k": int_values, "--top-p": float_values, "--temperature": float_values,
         "--cfg-scale": float_values, "--runner": st.one_of(st.sampled_from(["eager", "compile", "cuda-graph"]), strings),
+        "--checkpoint": paths(), "--video": paths(".mp4"), "--decode-steps": int_values,
         **GENERATION_OPTIONS, **OUTPUT_OPTIONS,
     },
     "animate": {
@@ -187,7 +189,9 @@ DANCE_BASE = {"inputs": [File("tone", "song.wav")], "--num-frames": "7", "--step
 CLIP = File("clip", "clip.mp4")
 BASES: dict[str, list[dict]] = {
     "dance": [{**DANCE_BASE, "--shard": "3/3"}],  # shard 3 of 3 of at most two jobs: none, so no model loads
-    "score": [{"inputs": [CLIP], "--seed": "1", "--weights-dir": WEIGHTS, "--output-dir": "out", "--shard": "2/2"}],
+    "score": [{"inputs": [CLIP], "--seed": "1", "--weights-dir": WEIGHTS, "--output-dir": "out", "--shard": "2/2"},
+              {"inputs": [File("motion", "dance.npy")], "--model": "d2m", "--seed": "1", "--weights-dir": WEIGHTS,
+               "--output-dir": "out", "--shard": "2/2"}],
     "animate": [{"--prompt": "a face", "--time-size": "4", "--steps": "1", "--first-frame-steps": "1", "--seed": "1",
                  "--weights-dir": WEIGHTS, "--output-dir": "out", "--shard": "2/2"}],  # a drawn --shard renders 5 frames
     "tokens": [{"inputs": [File("tone", "song.wav")], "--duration": "1", "--steps": "1", "--seed": "1", "--weights-dir": WEIGHTS,
@@ -231,9 +235,11 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     joints = folder / "joints.npy"
     np.save(joints, np.random.default_rng(0).normal(size=(20, 24, 3)).astype(np.float32))
     (folder / "text.txt").write_text("not media\n")
+    np.save(folder / "motion.npy", np.random.default_rng(1).normal(size=(360, 219)).astype(np.float32))  # one D2M window
     return {
         "tone": tone(folder / "tone.wav", seconds=1), "tone16k": tone(folder / "tone16k.wav", seconds=1, sr=16000),
         "clip": clip(folder / "clip.mp4", seconds=1, fps=10, size="32x24"), "joints": joints, "text": folder / "text.txt",
+        "motion": folder / "motion.npy",
     }
 
 

@@ -60,7 +60,7 @@ def test_bad_option_values_are_refused_before_loading(tmp_path):
     clip = video(tmp_path / "clip.mp4", 2)
     for args, message in ((["--top-k", "5000"], "--top-k 5000"), (["--top-p", "1.5"], "--top-p 1.5"),
                           (["--temperature", "nan"], "--temperature nan"), (["--duration", "0.5"], "--duration 0.5: must be from 1"),
-                          (["--duration", "9"], "lasts only 2.00 s"), (["--model", "d2m"], "--model d2m"),
+                          (["--duration", "9"], "lasts only 2.00 s"), (["--model", "d2m"], "not a motion file (.pkl, .npy)"), (["--model", "D2M"], "expected one of vidmuse, d2m"),
                           (["--steps", "10"], "has no steps")):
         run = run_avtool("score", clip, "--weights-dir", tmp_path / "none", *args)
         assert run.returncode == 2 and message in run.stderr, (args, run.stderr)

@@ -196,7 +196,7 @@ def test_bad_requests_exit_with_the_right_code(hub, tmp_path):
     revision = fetch(hub, tmp_path / "w", "musicinfuser", "--revision", "v9")
     assert revision.returncode == 3 and "no revision 'v9'" in revision.stderr
     d2m = fetch(hub, tmp_path / "w", "d2m")
-    assert d2m.returncode == 3 and "publishes no weights" in d2m.stderr and "avtool train" not in d2m.stderr
+    assert d2m.returncode == 3 and "publishes no weights" in d2m.stderr and "avtool train configs/d2m.yaml" in d2m.stderr
     variant = fetch(hub, tmp_path / "w", "musicinfuser", "--variant", "bf16")
     assert variant.returncode == 2 and "--variant bf16" in variant.stderr
 

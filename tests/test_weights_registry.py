@@ -16,11 +16,14 @@ def test_every_model_of_the_issue_is_registered_with_plain_folders():
         "musev": ["musev"],
         "controlnet-openpose": ["control_v11p_sd15_openpose"],
         "tempotokens": ["zeroscope_v2_576w", "beats", "tempotokens"],
-        "d2m": [],
+        "d2m": ["dmae1d-ATC32-v3", "d2m"],
     }
     assert [m.id for m in models_needed_by("dance")] == ["mochi-1-preview", "musicinfuser"]
     assert [m.id for m in models_needed_by("animate")] == ["musev", "controlnet-openpose"]
-    assert MODELS["d2m"].unavailable and "avtool train" not in MODELS["d2m"].unavailable  # it has not landed: no hint to it
+    dmae, trained = MODELS["d2m"].components
+    assert (dmae.repo, dmae.revision) == ("archinetai/dmae1d-ATC32-v3", "3d43b811b83fa395d5ccd6cf58b796b85fddd1d2")
+    assert trained.kind == "manual" and "avtool train configs/d2m.yaml" in trained.manual  # D2M publishes no weights
+    assert trained.files == ("dancecondation_test_final.pt", "MOT_final.pt")
 
 
 def test_sources():

@@ -30,18 +30,14 @@ def read_motion(path: Path, min_frames: int = 1) -> np.ndarray:
     BadInput (exit 2) naming the file for a missing or unreadable file, a pickle needing code, a wrong shape,
     NaN or infinite values, or fewer than `min_frames` frames.
     """
-    if not path.is_file():
-        raise BadInput(f"{path}: no such motion file" if not path.exists() else f"{path}: not a file")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
+    check_motion_file(path)
+    if path.suffix.lower() == ".npy":
         features = _load_npy(path)
         if features.ndim != 2 or features.shape[1] != FEATURES:
             raise BadInput(f"{path}: motion features must be (frames, {FEATURES}), got {features.shape}",
                            hint="give an AIST++ .pkl, or an .npy of D2M's 219-d per-frame features")
-    elif suffix == ".pkl":
-        features = smpl_features(*_smpl_arrays(path, load_pickle(path)))
     else:
-        raise BadInput(f"{path}: not a motion file ({', '.join(MOTION_SUFFIXES)})")
+        features = smpl_features(*_smpl_arrays(path, load_pickle(path)))
     features = features.astype(np.float32)
     if not np.isfinite(features).all():
         raise BadInput(f"{path}: the motion holds NaN or infinite values", hint="check the file's export")
@@ -50,6 +46,15 @@ def read_motion(path: Path, min_frames: int = 1) -> np.ndarray:
                        f"fewer than one window of {min_frames} ({min_frames / MOTION_FPS:.2f} s)",
                        hint="give a longer dance")
     return features
+
+
+def check_motion_file(path: Path) -> None:
+    """BadInput (exit 2) unless `path` is an existing `.pkl` or `.npy` file."""
+    if not path.is_file():
+        raise BadInput(f"{path}: no such motion file" if not path.exists() else f"{path}: not a file")
+    if path.suffix.lower() not in MOTION_SUFFIXES:
+        raise BadInput(f"{path}: not a motion file ({', '.join(MOTION_SUFFIXES)})",
+                       hint="d2m takes a dance's AIST++ SMPL motion (.pkl) or its (frames, 219) features (.npy); videos go to --model vidmuse")
 
 
 def smpl_features(poses: np.ndarray, trans: np.ndarray, scaling: float) -> np.ndarray:

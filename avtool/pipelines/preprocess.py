@@ -1,5 +1,5 @@
-"""Training data: a folder of videos in, training clips and their cached features out, for MusicInfuser
-(`preprocess_dance`) and TempoTokens (`preprocess_tokens`).
+"""Training data: a folder of videos (or dance motions) in, training clips and their cached features out, for
+MusicInfuser (`preprocess_dance`), TempoTokens (`preprocess_tokens`) and Dance2Music-Diffusion (`preprocess_d2m`).
 
 Both share one machinery: validate everything that needs no model, cut each video's clips (ffmpeg only) with their
 captions, then cache each model's features one model at a time (loaded only when some clip lacks its file). Every
@@ -35,6 +35,15 @@ video `<stem>`:
                         every step, as upstream's `tensor_to_vae_latent` (`latent_dist.sample()`)
     .beats.pt           {features: (1, T_tok, layers x dim) fp32}: BEATs, every layer concatenated, of the sample's
                         audio at 16 kHz mono as `avtool tokens` makes it (1 s: 48 tokens, 2 per frame)
+
+Dance2Music-Diffusion: upstream trains on the first 356 frames of each AIST++ motion and the dmae1d-ATC32-v3 latents
+of its music's first 262,144 samples at 44.1 kHz (its extraction scripts are not published). Each motion file (`.pkl`
+or `(N, 219)` `.npy`, anywhere under the folder) is paired with `<stem>.<audio>` beside it, else with the AIST++
+music its name gives (`gBR_sBM_cAll_d04_mBR0_ch01` -> `mBR0.*` anywhere under the folder). Per window `<stem>.w{k}`
+(k = 0 .. --windows - 1, consecutive windows from the start; upstream: one):
+    .motion.npy         (motion_frames, 219) float32: the motion features of frames [k M, (k + 1) M)
+    .wav                2^18 samples of the music from k M / 60 s, 44.1 kHz stereo float (mono is doubled)
+    .dmae.pt            {latent: (1, 32, 512) fp32}: dmae1d-ATC32-v3's encoding of that .wav
 """
 
 from __future__ import annotations
@@ -47,10 +56,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from avtool.errors import BadInput
-from avtool.media import MediaInfo, atomic_output, ensure_output_dir, frames_at, probe, read_frames, write_video
+from avtool.media import MediaInfo, atomic_output, ensure_output_dir, frames_at, load_audio, probe, read_frames, write_video
 from avtool.media.clips import CropWindow, crop_window, cut_clip
-from avtool.pipelines.common import VIDEO_SUFFIXES, check_choice, check_range
+from avtool.media.motion import MOTION_FPS, MOTION_SUFFIXES, read_motion
+from avtool.models.d2m import SAMPLE_RATE as D2M_SAMPLE_RATE
+from avtool.models.d2m import WINDOW_SAMPLES
+from avtool.pipelines.common import AUDIO_SUFFIXES, VIDEO_SUFFIXES, check_choice, check_range
 from avtool.pipelines.dance import (
     EXCERPT_PAD_SECONDS,
     MAX_FRAMES,
@@ -72,6 +86,8 @@ from avtool.pipelines.tokens import (
     resolve_shape,
 )
 from avtool.runtime import check_device, check_dtype, silence_libraries
+from avtool.training.d2m_config import LATENT_FILE as D2M_LATENT_FILE
+from avtool.training.d2m_config import MOTION_FILE
 from avtool.training.musicinfuser_config import AUDIO_FILE, BASIC_EMBED_FILE, DETAILED_EMBED_FILE, LATENT_FILE
 from avtool.training.tempotokens_config import BEATS_FEATURES_FILE, FALLBACK_PROMPT
 from avtool.ui import progress
@@ -79,6 +95,7 @@ from avtool.weights.layout import (
     ADAPTER_FOLDER,
     BEATS_FILE,
     BEATS_FOLDER,
+    DMAE_FOLDER,
     MOCHI_FOLDER,
     WAV2VEC_FOLDER,
     ZEROSCOPE_FOLDER,
@@ -91,7 +108,9 @@ BASIC_PROMPT = "a dance video"  # upstream's basic prompt for non-AIST videos, a
 MAX_CLIPS_PER_MINUTE = 600.0
 MAX_TOKENS_FRAMES, MAX_TOKENS_FPS, MAX_SIZE, SIZE_STEP = 1024, 240.0, 4096, 8
 FILE_KEYS = {LATENT_FILE: {"mean", "logvar"}, DETAILED_EMBED_FILE: {"y_mask", "y_feat"},
-             BASIC_EMBED_FILE: {"y_mask", "y_feat"}, AUDIO_FILE: {"audio_embeddings"}, BEATS_FEATURES_FILE: {"features"}}
+             BASIC_EMBED_FILE: {"y_mask", "y_feat"}, AUDIO_FILE: {"audio_embeddings"}, BEATS_FEATURES_FILE: {"features"},
+             D2M_LATENT_FILE: {"latent"}}
+MAX_D2M_WINDOWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -127,6 +146,17 @@ class TokensPreprocessOptions:
 
 
 @dataclass(frozen=True)
+class D2MPreprocessOptions:
+    """`avtool preprocess d2m` options."""
+
+    windows: int = 1  # consecutive windows per motion from its start (upstream: 1)
+    motion_frames: int = 356  # a window's motion frames (the model's MOT window; upstream: 356)
+    seed: int | None = None  # nothing is random here; kept so every preprocess summary has one
+    device: str = "auto"
+    dtype: str = "auto"  # ignored: the autoencoder runs in fp32
+
+
+@dataclass(frozen=True)
 class Rejection:
     path: Path  # a source video, or a clip that failed after it was cut
     reason: str
@@ -138,13 +168,14 @@ class PreprocessSummary:
 
     out_dir: Path
     seed: int
-    size: tuple[int, int]  # (height, width) of the clips
+    size: tuple[int, int] | None  # (height, width) of the clips; None: not video clips
     written: list[Path] = field(default_factory=list)  # clips with at least one file written by this run
     skipped: list[Path] = field(default_factory=list)  # clips complete before this run
     rejected: list[Rejection] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "seed": self.seed, "height": self.size[0], "width": self.size[1],
+        size = {"height": self.size[0], "width": self.size[1]} if self.size else {}
+        return {"out_dir": str(self.out_dir), "seed": self.seed, **size,
                 "written": len(self.written), "skipped": len(self.skipped), "rejected": len(self.rejected),
                 "written_clips": [str(p) for p in self.written], "skipped_clips": [str(p) for p in self.skipped],
                 "rejections": [{"path": str(r.path), "reason": r.reason} for r in self.rejected]}
@@ -182,6 +213,25 @@ class TokensSample(Clip):
 
 
 @dataclass(frozen=True)
+class D2MWindowClip(Clip):
+    """A motion window and the music under it; named by its .wav."""
+
+    motion_start: int  # frame
+    music: Path
+    music_start: float  # seconds
+
+    @property
+    def video(self) -> Path:
+        return self.file(".wav")
+
+
+@dataclass(frozen=True)
+class D2MPreprocessWeights:
+    root: Path
+    autoencoder: Path
+
+
+@dataclass(frozen=True)
 class PreprocessWeights:
     """The checked weight folders a preprocessing run reads (`.mochi` and `.root` as `resolve_size` reads them)."""
 
@@ -194,8 +244,8 @@ class PreprocessWeights:
 class Run:
     """What every step of one run reads, and what it records."""
 
-    options: DancePreprocessOptions | TokensPreprocessOptions
-    weights: PreprocessWeights | TokensWeights
+    options: DancePreprocessOptions | TokensPreprocessOptions | D2MPreprocessOptions
+    weights: PreprocessWeights | TokensWeights | D2MPreprocessWeights
     summary: PreprocessSummary
     quiet: bool
     model_of_folder: dict[str, str]  # for the download hint of a weights error
@@ -213,7 +263,7 @@ def preprocess_dance(videos_dir: Path, out_dir: Path, options: DancePreprocessOp
     module's note); return what was written, skipped and rejected."""
     # 1. Validate everything that needs no model.
     check_options(options)
-    videos = find_videos(videos_dir, out_dir)
+    videos = find_inputs(videos_dir, out_dir)
     weights = check_weights(weights_dir)
     run = start_run(options, weights, out_dir, resolve_size(DanceRequest(), weights), quiet, MODEL_OF_FOLDER)
 
@@ -231,7 +281,7 @@ def preprocess_tokens(videos_dir: Path, out_dir: Path, options: TokensPreprocess
     features (see the module's note); return what was written, skipped and rejected."""
     # 1. Validate everything that needs no model.
     check_tokens_options(options)
-    videos = find_videos(videos_dir, out_dir)
+    videos = find_inputs(videos_dir, out_dir)
     weights = check_tokens_weights(weights_dir)
     request = TokensRequest(num_frames=options.num_frames, fps=options.fps, height=options.height, width=options.width)
     shape = resolve_shape(request, weights)  # also refuses a window with fewer audio tokens than frames
@@ -245,8 +295,34 @@ def preprocess_tokens(videos_dir: Path, out_dir: Path, options: TokensPreprocess
     return finish_run(run, samples, (cache_zeroscope_latents, cache_beats_features))
 
 
-def start_run(options: DancePreprocessOptions | TokensPreprocessOptions, weights: PreprocessWeights | TokensWeights,
-              out_dir: Path, size: tuple[int, int], quiet: bool, model_of_folder: dict[str, str]) -> Run:
+def preprocess_d2m(motions_dir: Path, out_dir: Path, options: D2MPreprocessOptions, weights_dir: Path,
+                   quiet: bool = False) -> PreprocessSummary:
+    """Cut motion windows and their music out of every motion file under `motions_dir` into `out_dir` and cache the
+    music's autoencoder latents (see the module's note); return what was written, skipped and rejected."""
+    # 1. Validate everything that needs no model.
+    check_range("--windows", options.windows, 1, MAX_D2M_WINDOWS)
+    check_range("--motion-frames", options.motion_frames, 1, MAX_D2M_WINDOWS)
+    check_device(options.device)
+    motions = find_inputs(motions_dir, out_dir, MOTION_SUFFIXES, "motion")
+    check = WeightsCheck(weights_dir)
+    for name in ("config.json", "pytorch_model.bin"):
+        check.file("d2m", f"{DMAE_FOLDER}/{name}")
+    check.raise_if_missing()
+    weights = D2MPreprocessWeights(check.root, check.root / DMAE_FOLDER)
+    run = start_run(options, weights, out_dir, None, quiet, {DMAE_FOLDER: "d2m"})
+    music_index = audio_files_by_stem(motions_dir, out_dir)
+
+    # 2. Write each window's motion and music (no model), then the music's latents where missing.
+    def plan(motion: Path, base: Path, rng: random.Random) -> list[Clip]:
+        return plan_d2m_windows(motion, base, options, music_index)
+
+    windows = cut_all(motions, motions_dir, run, plan, write_d2m_window_if_missing)
+    return finish_run(run, windows, (cache_dmae_latents,))
+
+
+def start_run(options: DancePreprocessOptions | TokensPreprocessOptions | D2MPreprocessOptions,
+              weights: PreprocessWeights | TokensWeights | D2MPreprocessWeights,
+              out_dir: Path, size: tuple[int, int] | None, quiet: bool, model_of_folder: dict[str, str]) -> Run:
     """Make the output folder and draw the seed when none is given."""
     ensure_output_dir(out_dir)
     seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
@@ -293,16 +369,16 @@ def check_caption(caption: str | None) -> None:
         raise BadInput("--caption: must not be empty", hint="leave it out for the default caption")
 
 
-def find_videos(videos_dir: Path, out_dir: Path) -> list[Path]:
-    """The video files under `videos_dir` (recursively, as upstream), leaving out hidden files and `out_dir`."""
-    if not videos_dir.is_dir():
-        raise BadInput(f"{videos_dir}: no such folder", hint="give the folder that holds the videos")
+def find_inputs(folder: Path, out_dir: Path, suffixes: tuple[str, ...] = VIDEO_SUFFIXES, kind: str = "video") -> list[Path]:
+    """The `kind` files under `folder` (recursively, as upstream), leaving out hidden files and `out_dir`."""
+    if not folder.is_dir():
+        raise BadInput(f"{folder}: no such folder", hint=f"give the folder that holds the {kind} files")
     out = out_dir.resolve()
-    videos = sorted(path for path in videos_dir.rglob("*") if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
-                    and not path.name.startswith(".") and not path.resolve().is_relative_to(out))
-    if not videos:
-        raise BadInput(f"{videos_dir}: no video files ({', '.join(VIDEO_SUFFIXES)}) in it")
-    return videos
+    found = sorted(path for path in folder.rglob("*") if path.suffix.lower() in suffixes and path.is_file()
+                   and not path.name.startswith(".") and not path.resolve().is_relative_to(out))
+    if not found:
+        raise BadInput(f"{folder}: no {kind} files ({', '.join(suffixes)}) in it")
+    return found
 
 
 def check_weights(weights_dir: Path) -> PreprocessWeights:
@@ -451,6 +527,91 @@ def write_sample_if_missing(sample: TokensSample, run: Run) -> None:
         write_video(batches, options.fps, sample.video, audio=samples, sample_rate=rate)
         run.touched.add(sample.video)
     write_caption_if_missing(sample, run, FALLBACK_PROMPT)
+
+
+def audio_files_by_stem(folder: Path, out_dir: Path) -> dict[str, Path]:
+    """Every audio file under `folder` (outside `out_dir`) by its stem: where AIST++ music ids (`mBR0`) are found."""
+    out = out_dir.resolve()
+    return {path.stem: path for path in sorted(folder.rglob("*"), reverse=True)
+            if path.suffix.lower() in AUDIO_SUFFIXES and path.suffix.lower() not in VIDEO_SUFFIXES and path.is_file()
+            and not path.resolve().is_relative_to(out)}
+
+
+def music_of(motion: Path, music_index: dict[str, Path]) -> Path:
+    """`<stem>.<audio>` beside the motion, else the AIST++ music its name gives (`..._mBR0_...` -> mBR0.*)."""
+    beside = next((path for suffix in AUDIO_SUFFIXES if (path := motion.with_suffix(suffix)).is_file()), None)
+    if beside is not None:
+        return beside
+    music_id = next((part for part in motion.stem.split("_") if len(part) == 4 and part[0] == "m" and part[3].isdigit()), None)
+    if music_id in music_index:
+        return music_index[music_id]
+    named = f" nor the AIST++ music {music_id}.*" if music_id else ""
+    raise BadInput(f"no music: neither {motion.stem}.wav (or another audio file) beside it{named} in the folder")
+
+
+def plan_d2m_windows(motion: Path, base: Path, options: D2MPreprocessOptions, music_index: dict[str, Path]) -> list[D2MWindowClip]:
+    """The motion's consecutive windows from its start, as many as motion and music both cover (at most
+    --windows); BadInput (its reason) when not even one."""
+    frames = len(read_motion(motion, min_frames=options.motion_frames))
+    music = music_of(motion, music_index)
+    sound = probe(music).require_audio()
+    seconds = WINDOW_SAMPLES / D2M_SAMPLE_RATE
+    windows = []
+    for k in range(options.windows):
+        start = k * options.motion_frames
+        music_start = start / MOTION_FPS
+        if start + options.motion_frames > frames or music_start + seconds > sound.duration + 1e-3:
+            break
+        windows.append(D2MWindowClip(motion, base.with_name(f"{base.name}.w{k}"), start, music, music_start))
+    if not windows:
+        raise BadInput(f"its music {music} lasts {sound.duration:.2f} s, shorter than one window ({seconds:.2f} s)")
+    return windows
+
+
+def write_d2m_window_if_missing(window: D2MWindowClip, run: Run) -> None:
+    """The window's motion features and music (2^18 samples, stereo, 44.1 kHz) unless they are there and whole."""
+    frames = run.options.motion_frames
+    motion_file = window.file(MOTION_FILE)
+    if not motion_is_valid(motion_file, frames):
+        drop_features(window)
+        motion = read_motion(window.source)[window.motion_start : window.motion_start + frames]
+        with atomic_output(motion_file) as tmp, tmp.open("wb") as file:
+            np.save(file, motion)
+        run.touched.add(window.video)
+    if not music_is_valid(window.video):
+        drop_features(window)
+        samples, _ = load_audio(window.music, sr=D2M_SAMPLE_RATE, mono=False, start=window.music_start,
+                                duration=WINDOW_SAMPLES / D2M_SAMPLE_RATE + 0.05)
+        if samples.shape[1] < WINDOW_SAMPLES:
+            raise BadInput(f"its music from {window.music_start:.2f} s gives {samples.shape[1]} of {WINDOW_SAMPLES} samples")
+        stereo = np.repeat(samples, 2, axis=0) if len(samples) == 1 else samples[:2]
+        write_float_wav(window.video, stereo[:, :WINDOW_SAMPLES].T)
+        run.touched.add(window.video)
+
+
+def write_float_wav(path: Path, samples: np.ndarray) -> None:
+    """(samples, channels) as a 32-bit float WAV at D2M's rate, atomically: the latents are encoded from its exact bits."""
+    import soundfile
+
+    with atomic_output(path) as tmp:
+        soundfile.write(tmp, samples, D2M_SAMPLE_RATE, subtype="FLOAT", format="WAV")
+
+
+def motion_is_valid(path: Path, frames: int) -> bool:
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r").shape == (frames, 219)
+    except (OSError, ValueError, EOFError):
+        return False
+
+
+def music_is_valid(path: Path) -> bool:
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except (OSError, RuntimeError, soundfile.LibsndfileError):
+        return False
+    return info.frames == WINDOW_SAMPLES and info.channels == 2 and info.samplerate == D2M_SAMPLE_RATE
 
 
 def drop_features(clip: Clip) -> None:
@@ -618,6 +779,28 @@ def cache_beats_features(samples: list[Clip], run: Run) -> list[Clip]:
         return write
 
     return cache(samples, [BEATS_FEATURES_FILE], "BEATs features", load, run)
+
+
+def cache_dmae_latents(windows: list[Clip], run: Run) -> list[Clip]:
+    """dmae1d-ATC32-v3's encoder on each window's music: {latent: (1, 32, 512)} fp32."""
+    def load() -> Writer:
+        import soundfile
+        import torch
+
+        from avtool.models.d2m.autoencoder import load_dmae
+        from avtool.runtime import resolve_device
+
+        device = resolve_device(run.options.device)
+        autoencoder = load_dmae(run.weights.autoencoder, device, torch.float32)
+
+        def write(window: Clip) -> None:
+            samples, _ = soundfile.read(str(window.video), dtype="float32", always_2d=True)
+            with torch.inference_mode():
+                latent = autoencoder.encode(torch.from_numpy(samples.T.copy())[None].to(device))
+            save(window.file(D2M_LATENT_FILE), {"latent": latent.float().cpu()})
+        return write
+
+    return cache(windows, [D2M_LATENT_FILE], "autoencoder latents", load, run)
 
 
 def cache(clips: list[Clip], suffixes: list[str], label: str, load: Callable[[], Writer], run: Run) -> list[Clip]:

@@ -6,7 +6,8 @@
     (`avtool.training.loop`): checkpoints every `save_interval` steps, `--resume`, metrics.jsonl, the final adapter
 
 A config names its task by its keys, as upstream's files do: MusicInfuser's has `audio_mode` (and `model.type:
-lora+audio`); TempoTokens' has `embedder_learning_rate` or `train_data`.
+lora+audio`); TempoTokens' has `embedder_learning_rate` or `train_data`; D2M's (upstream has no config file)
+`mot_optimizer` or `diffusion_loss_weight`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from avtool.errors import BadInput
 
 # task -> its module (with `Task(config, weights_dir, device)`); `<module>_config` holds CONFIG and check_inputs, no torch
-TASKS = {"musicinfuser": "avtool.training.musicinfuser", "tempotokens": "avtool.training.tempotokens"}
+TASKS = {"musicinfuser": "avtool.training.musicinfuser", "tempotokens": "avtool.training.tempotokens", "d2m": "avtool.training.d2m"}
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,12 @@ def task_of(raw: dict[str, Any], path: Path) -> str:
         return "musicinfuser"
     if "embedder_learning_rate" in raw or "train_data" in raw:
         return "tempotokens"
+    if "mot_optimizer" in raw or "diffusion_loss_weight" in raw:
+        return "d2m"
     raise BadInput(f"{path}: not a config avtool can train from",
                    hint="start from configs/music_infuser.yaml (MusicInfuser: `audio_mode`, `model.type: lora+audio`) "
-                        "or configs/tempotokens/*.yaml (TempoTokens: `embedder_learning_rate`, `train_data`)")
+                        "or configs/tempotokens/*.yaml (TempoTokens: `embedder_learning_rate`, `train_data`) "
+                        "or configs/d2m.yaml (Dance2Music-Diffusion: `mot_optimizer`, `diffusion_loss_weight`)")
 
 
 def read_config(path: Path) -> tuple[str, Any, Any]:

@@ -15,6 +15,10 @@ from avtool.weights.layout import (
     BEATS_FILE,
     BEATS_FOLDER,
     CONTROLNET_FOLDER,
+    D2M_DIFFUSION_FILE,
+    D2M_FOLDER,
+    D2M_MOT_FILE,
+    DMAE_FOLDER,
     MAPPER_FILE,
     MAPPERS,
     TEMPOTOKENS_FOLDER,
@@ -198,9 +202,27 @@ _MODELS = [
     ),
     Model(
         id="d2m",
-        components=(),
-        needed_by=("score",),
-        unavailable="Dance2Music-Diffusion publishes no weights, and training them here has not landed yet",
+        components=(
+            Component(
+                folder=DMAE_FOLDER,
+                repo="archinetai/dmae1d-ATC32-v3",
+                revision="3d43b811b83fa395d5ccd6cf58b796b85fddd1d2",  # the only revision; archisound pins it
+                allow=("config.json", "pytorch_model.bin"),
+                approx_gb=0.35,
+                licence="MIT (archinetai/archisound)",
+            ),
+            Component(
+                folder=D2M_FOLDER,
+                files=(D2M_DIFFUSION_FILE, D2M_MOT_FILE),
+                manual="Dance2Music-Diffusion publishes no weights: train them with `avtool preprocess d2m AISTPP_DIR -o "
+                "data/d2m` and `avtool train configs/d2m.yaml`, then pass `--checkpoint RUN_DIR` to `avtool score --model d2m` "
+                "(or copy the run folder's files here)",
+                approx_gb=1.0,
+                licence="MIT (repository)",
+            ),
+        ),
+        needed_by=("score", "preprocess"),
+        note="the dmae1d-ATC32-v3 audio autoencoder (hub) and a D2M you train (`avtool train configs/d2m.yaml`)",
     ),
 ]
 

@@ -46,8 +46,9 @@ def save_d2m(folder: Path, mot: MOT, denoiser: D2MDenoiser) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, state in ((D2M_DIFFUSION_FILE, upstream_state_dict(denoiser)), (D2M_MOT_FILE, mot.state_dict())):
-        with atomic_output(folder / name) as tmp:
-            torch.save({key: tensor.detach().cpu() for key, tensor in state.items()}, tmp)
+        # through a file object: torch names the archive inside after a path, and the temporary one is random
+        with atomic_output(folder / name) as tmp, tmp.open("wb") as file:
+            torch.save({key: tensor.detach().cpu() for key, tensor in state.items()}, file)
     with atomic_output(folder / D2M_CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(config_record(mot.config, denoiser.config), indent=2) + "\n")
 

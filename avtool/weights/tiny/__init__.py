@@ -16,6 +16,7 @@ BUILDERS: dict[str, str] = {
     "tempotokens": "avtool.weights.tiny.tempotokens:build",
     "musev": "avtool.weights.tiny.musev:build",
     "controlnet-openpose": "avtool.weights.tiny.musev:build_controlnet",
+    "d2m": "avtool.weights.tiny.d2m:build",
 }
 
 

@@ -51,3 +51,33 @@ def build_autoencoder(weights_dir: Path) -> None:
     config_json = {**AUTOENCODER_CONFIG, ARCHITECTURE_KEY: config.to_architecture()}
     (folder / CONFIG_FILE).write_text(json.dumps(config_json, indent=2) + "\n")
     torch.save(dmae_state_dict(model), folder / WEIGHTS_FILE)
+
+
+TINY_MOT = {"depth": 1, "heads": 2, "dim_head": 8, "mlp_dim": 32}  # dim 219 and the 356-frame window stay the real ones
+TINY_UNET = {"channels": (8, 16), "factors": (1, 2), "items": (1, 1), "attentions": (0, 1), "cross_attentions": (1, 1),
+             "attention_heads": 2, "attention_features": 4, "resnet_groups": 4, "modulation_features": 16}
+
+
+def build_d2m(weights_dir: Path) -> None:
+    """Write `weights_dir/d2m/` as `avtool train configs/d2m.yaml` leaves a run folder: upstream's two state dicts
+    and d2m.json, for the tiny sizes (`model: {mot: TINY_MOT, unet: TINY_UNET}` in a config trains the same)."""
+    import torch
+
+    from avtool.models.d2m.checkpoint import save_d2m
+    from avtool.models.d2m.diffusion import D2MConfig, D2MDenoiser
+    from avtool.models.d2m.mot import MOT, MOTConfig
+    from avtool.models.d2m.unet import UNetConfig
+    from avtool.weights.layout import D2M_FOLDER
+
+    mot_config = MOTConfig(**TINY_MOT)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        mot = MOT(mot_config)
+        denoiser = D2MDenoiser(D2MConfig(UNetConfig(**TINY_UNET), mot_config.num_frames + 1))
+    save_d2m(Path(weights_dir) / D2M_FOLDER, mot, denoiser)
+
+
+def build(weights_dir: Path) -> None:
+    """The tiny autoencoder and a tiny trained-D2M folder: what `avtool score --model d2m` reads."""
+    build_autoencoder(weights_dir)
+    build_d2m(weights_dir)
