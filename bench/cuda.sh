@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The CUDA paths, on a machine with a GPU and tiny weights (CI has no GPU, so this is run by hand):
 #   1. the tests that need CUDA (skipped elsewhere);
-#   2. every generation command on --device "$DEVICE" (default dtype: bf16 where upstream uses it), twice with the same
-#      seed: the two outputs must be the same bits; score also with --runner eager against the cuda-graph default;
+#   2. every generation command on --device cuda (default dtype: upstream's), twice with the same seed: the two
+#      outputs must be the same bits; score also with --runner eager against the cuda-graph default;
 #   3. tiny trainings on CUDA (MusicInfuser and D2M, bf16 autocast), then generation from their results.
-# Prints one line per check and the seconds each command took. Usage: bash bench/cuda.sh [WORK_DIR]
+# Prints one line per check and the seconds each command took.
+# Usage: [COMMANDS="dance tokens d2m"] [DEVICE=cpu] bash bench/cuda.sh [WORK_DIR]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -29,7 +30,7 @@ same() {  # same NAME FILE_A FILE_B: the two files hold the same bits
     if cmp -s "$2" "$3"; then echo "ok    $1: same bits"; else echo "FAIL  $1: $2 and $3 differ"; failed=1; fi
 }
 
-$PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
+$PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "(no CUDA)")'
 check tests-cuda $PY -m pytest -q -p no:cacheprovider tests/test_dance_pipeline.py tests/test_sampling.py tests/test_step_runner.py -k "cuda"
 grep -E "Error|passed|failed" "$WORK/tests-cuda.log" | head -8
 
@@ -62,26 +63,29 @@ for name, music in (("gBR_sBM_cAll_d04_mBR0_ch01", "mBR0"), ("gPO_sBM_cAll_d10_m
     soundfile.write(aist / f"{music}.wav", np.tile(song, 2)[: 7 * sr].astype(np.float32), sr)
 PY
 
+# each generation command twice with the same seed; COMMANDS picks some (dance always runs: the trainings use its video)
+COMMANDS=${COMMANDS:-"dance score tokens animate d2m"}
 for run in a b; do
     OPTS=(--weights-dir "$W" --device "$DEVICE" --seed 3 --output-dir "$WORK/$run" --overwrite -q)
     check "dance-$run" $PY -m avtool dance "$WORK/song.wav" "${OPTS[@]}" --num-frames 31 --steps 8
-    check "score-$run" $PY -m avtool score "$WORK/$run/song_generated.mp4" "${OPTS[@]}"
-    check "tokens-$run" $PY -m avtool tokens "$WORK/song.wav" "${OPTS[@]}" --steps 8
-    check "animate-$run" $PY -m avtool animate --image "$WORK/face.png" --prompt "(1girl, solo:1)" "${OPTS[@]}" --time-size 24 --steps 4
+    [[ $COMMANDS == *score* ]] && check "score-$run" $PY -m avtool score "$WORK/$run/song_generated.mp4" "${OPTS[@]}"
+    [[ $COMMANDS == *tokens* ]] && check "tokens-$run" $PY -m avtool tokens "$WORK/song.wav" "${OPTS[@]}" --steps 8
+    [[ $COMMANDS == *animate* ]] && check "animate-$run" $PY -m avtool animate --image "$WORK/face.png" --prompt "(1girl, solo:1)" \
+        "${OPTS[@]}" --time-size 24 --steps 4
+    [[ $COMMANDS == *d2m* ]] && check "d2m-$run" $PY -m avtool score --model d2m "$WORK/aist/gBR_sBM_cAll_d04_mBR0_ch01.pkl" \
+        "${OPTS[@]}" --steps 8 --decode-steps 4
 done
-for run in a b; do
-    check "d2m-$run" $PY -m avtool score --model d2m "$WORK/aist/gBR_sBM_cAll_d04_mBR0_ch01.pkl" --weights-dir "$W" --device "$DEVICE" \
-        --seed 3 --output-dir "$WORK/$run" --overwrite -q --steps 8 --decode-steps 4
-done
-same d2m "$WORK/a/gBR_sBM_cAll_d04_mBR0_ch01_scored.wav" "$WORK/b/gBR_sBM_cAll_d04_mBR0_ch01_scored.wav"
 same dance "$WORK/a/song_generated.mp4" "$WORK/b/song_generated.mp4"
-same score "$WORK/a/song_generated_scored.wav" "$WORK/b/song_generated_scored.wav"
-same tokens "$WORK/a/song_tokens.mp4" "$WORK/b/song_tokens.mp4"
-same animate "$WORK/a/face_animated.mp4" "$WORK/b/face_animated.mp4"
-check score-eager $PY -m avtool score "$WORK/a/song_generated.mp4" --weights-dir "$W" --device "$DEVICE" --seed 3 \
-    --runner eager -o "$WORK/eager.mp4" --overwrite -q
-if cmp -s "$WORK/eager.wav" "$WORK/a/song_generated_scored.wav"; then echo "ok    score: eager = cuda-graph"
-else echo "note  score: eager and cuda-graph music differ (fp16 kernels differ between the two; sampled tokens can diverge)"; fi
+[[ $COMMANDS == *d2m* ]] && same d2m "$WORK/a/gBR_sBM_cAll_d04_mBR0_ch01_scored.wav" "$WORK/b/gBR_sBM_cAll_d04_mBR0_ch01_scored.wav"
+[[ $COMMANDS == *tokens* ]] && same tokens "$WORK/a/song_tokens.mp4" "$WORK/b/song_tokens.mp4"
+[[ $COMMANDS == *animate* ]] && same animate "$WORK/a/face_animated.mp4" "$WORK/b/face_animated.mp4"
+if [[ $COMMANDS == *score* ]]; then
+    same score "$WORK/a/song_generated_scored.wav" "$WORK/b/song_generated_scored.wav"
+    check score-eager $PY -m avtool score "$WORK/a/song_generated.mp4" --weights-dir "$W" --device "$DEVICE" --seed 3 \
+        --runner eager -o "$WORK/eager.mp4" --overwrite -q
+    if cmp -s "$WORK/eager.wav" "$WORK/a/song_generated_scored.wav"; then echo "ok    score: eager = cuda-graph"
+    else echo "note  score: eager and cuda-graph music differ (fp16 kernels differ between the two; sampled tokens can diverge)"; fi
+fi
 # trainings on CUDA: MusicInfuser (bf16 autocast) on clips of the dance video, D2M (bf16 autocast) on the motions
 check preprocess-dance $PY -m avtool preprocess dance "$WORK/a" -o "$WORK/clips" --num-frames 7 --crop center --weights-dir "$W" --device "$DEVICE" -q
 $PY - "$WORK" <<'PY'

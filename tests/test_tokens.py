@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,12 @@ def test_a_mapper_for_other_models_is_a_weights_error(tiny_weights, tmp_path):
                          "--output-dir", tmp_path / "out")
         assert run.returncode == 3 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "out" / "drums_tokens.mp4").exists()
+
+
+def test_half_precision_runs_the_unet_and_vae_in_their_dtype_on_fp32_latents(tiny_weights, tmp_path):
+    # the sampler carries fp32 latents (fp32 guidance and scheduler steps); --dtype bf16 (fp16 on CUDA by default)
+    # once fed them to the bf16 UNet and VAE as they were, which failed on an H200 ("Input type (float) and bias type")
+    opts = GenerationOptions(output_dir=tmp_path, seeds=[1], steps=2, weights_dir=tiny_weights, dtype="bf16", quiet=True)
+    [result] = list(pipeline.tokens([drums(tmp_path / "drums.wav")], pipeline.TokensRequest(num_frames=4), opts))
+    assert read_frames(result["output"]).shape == (4, 64, 64, 3)
+    assert json.loads(Path(result["sidecar"]).read_text())["dtype"] == "bfloat16"

@@ -414,5 +414,6 @@ def decoded_frames(vae, latents, batch_size: int) -> Iterator[np.ndarray]:
     frames = latents[0].permute(1, 0, 2, 3)  # (F, C, h, w)
     for first in range(0, frames.shape[0], batch_size):
         with torch.inference_mode():
-            pixels = vae.decode(frames[first : first + batch_size] / vae.config.scaling_factor, return_dict=False)[0]
+            chunk = frames[first : first + batch_size].to(vae.dtype) / vae.config.scaling_factor
+            pixels = vae.decode(chunk, return_dict=False)[0]
         yield pixels.float().clamp(-1, 1).add(1).mul(127.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -79,6 +79,8 @@ class FrameConditionedUNet(nn.Module):
         self.unet = use_frame_conditions(unet)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # the sampler carries fp32 latents (guidance and scheduler steps run in fp32); the UNet takes its own dtype
+        x = x.to(self.unet.dtype)
         clips, frames = context.shape[:2]
         if frames == 1:
             return self.unet(x, t, encoder_hidden_states=context[:, 0], return_dict=False)[0]
