@@ -26,6 +26,7 @@ from torch import nn
 
 from avtool.errors import WeightsError
 from avtool.models.mochi import fp32_parameter_names
+from avtool.weights.loading import shortlist
 
 AUDIO_CROSS_ATTN_LAYERS = (6, 7, 8, 9, 10, 21, 34, 35, 36, 38, 39, 43, 44, 45, 46, 47)
 AUDIO_CROSS_ATTN_HEADS = 8
@@ -278,17 +279,10 @@ def check_adapter(adapter: ConvertedAdapter, model: nn.Module) -> None:
     offered.update({key: tuple(tensor.shape) for key, tensor in adapter.audio.items()})
     wrong_shape = [f"{key} {shape} != {model_shapes[key]}" for key, shape in sorted(offered.items())
                    if key in model_shapes and shape != model_shapes[key]]
-    problems = (_listing("unexpected keys", sorted(present - expected)) + _listing("missing keys", sorted(expected - present))
-                + _listing("wrong shapes", wrong_shape))
+    problems = ", ".join(filter(None, (shortlist("unexpected keys", sorted(present - expected)),
+                                       shortlist("missing keys", sorted(expected - present)), shortlist("wrong shapes", wrong_shape))))
     if problems:
-        raise WeightsError("adapter does not fit the transformer:" + problems.lstrip(","))
-
-
-def _listing(label: str, items: list[str], shown: int = 3) -> str:
-    if not items:
-        return ""
-    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
-    return f", {label}: {', '.join(items[:shown])}{more}"
+        raise WeightsError(f"adapter does not fit the transformer: {problems}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,10 +371,10 @@ def _read_base_state(
                     state[key] = (tensor.float() + adapter.lora[key].delta()).to(dtypes[key])
                 else:
                     state[key] = tensor.to(dtypes[key])
-    problems = (_listing("unexpected keys", sorted(unexpected)) + _listing("missing keys", sorted(set(expected) - seen))
-                + _listing("wrong shapes", wrong_shape))
+    problems = ", ".join(filter(None, (shortlist("unexpected keys", sorted(unexpected)),
+                                       shortlist("missing keys", sorted(set(expected) - seen)), shortlist("wrong shapes", wrong_shape))))
     if problems:
-        raise WeightsError(f"{transformer_dir}: checkpoint does not fit MochiTransformer3DModel:" + problems.lstrip(","))
+        raise WeightsError(f"{transformer_dir}: checkpoint does not fit MochiTransformer3DModel: {problems}")
     return state
 
 

@@ -30,6 +30,7 @@ from avtool.models.d2m.checkpoint import save_d2m
 from avtool.models.d2m.diffusion import D2MConfig, D2MDenoiser
 from avtool.models.d2m.mot import MOT
 from avtool.training.d2m_config import LATENT_FILE, MOTION_FILE, D2MTrainConfig, Window, training_windows
+from avtool.training.loop import device_generator
 
 
 class D2MTask:
@@ -89,16 +90,9 @@ class D2MTask:
         noisy, target = alphas * latents + betas * noise, alphas * noise - betas * latents
         with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             v = self.denoiser(noisy.to(device), sigmas.to(device), tokens, embedding_mask_proba=self.config.embedding_mask_proba,
-                              generator=self._device_generator(generator))
+                              generator=device_generator(generator, self.device))
         diffusion = F.mse_loss(v.float(), target.to(device))
         return self.config.diffusion_loss_weight * diffusion + F.cross_entropy(genre_logits.float(), genres)
-
-    def _device_generator(self, generator: torch.Generator) -> torch.Generator:
-        """A generator on the models' device for the guidance masking, seeded from the loop's CPU generator."""
-        if self.device == "cpu":
-            return generator
-        seed = int(torch.randint(2**62, (1,), generator=generator))
-        return torch.Generator(self.device).manual_seed(seed)
 
     def save_result(self, run_dir: Path, step: int) -> Path:
         """The run folder becomes a D2M folder: upstream's `dancecondation_test_final.pt`, `MOT_final.pt`, and d2m.json."""

@@ -185,6 +185,15 @@ def train(task: TrainTask, run_dir: str | Path, config: TrainConfig, resume: boo
     return TrainResult(step=max(start, stop), resumed_from=resumed_from, loss=last_loss, checkpoint=checkpoint)
 
 
+def device_generator(generator: torch.Generator, device: str) -> torch.Generator:
+    """A generator on `device` for a task's draws there (dropout masks, guidance masking), seeded from the loop's CPU
+    `generator` (whose state the checkpoints keep); on the CPU, `generator` itself."""
+    if torch.device(device).type == "cpu":
+        return generator
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return torch.Generator(device).manual_seed(seed)
+
+
 def _data_order(size: int, batch_size: int, seed: int, rank: int, world: int) -> DataOrder:
     if size < batch_size * world:
         raise BadInput(f"the dataset has {size} items, fewer than one step needs "

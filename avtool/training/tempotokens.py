@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from avtool.errors import BadInput
 from avtool.models.tempotokens import AudioTokenMapper, FrameConditionedUNet, MapperTokens, add_placeholder_tokens, encode_frames
 from avtool.models.tempotokens.text import prompt_with_tokens
+from avtool.training.loop import device_generator
 from avtool.training.tempotokens_config import (
     BEATS_FEATURES_FILE,
     LATENT_FILE,
@@ -119,7 +120,7 @@ class TempoTokensTask:
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         num_frames = latents.shape[2]
         tokens = self.mapper(self.audio_features(batch, num_frames).to(device), num_frames,
-                             generator=self._dropout_generator(generator))
+                             generator=device_generator(generator, self.device))
         context = self.frame_contexts(batch, tokens)
         prediction = self.unet(noisy.to(device, self.dtype), timesteps.to(device), context)
         target = noise if self.scheduler.config.prediction_type == "epsilon" else \
@@ -161,13 +162,6 @@ class TempoTokensTask:
         path = sample.file(PROMPT_FILE)
         text = path.read_text(errors="replace").strip() if path.is_file() else ""
         return prompt_with_tokens(text or self.config.train_data.fallback_prompt)
-
-    def _dropout_generator(self, generator: torch.Generator) -> torch.Generator:
-        """A generator on the mapper's device for its pooling dropout, seeded from the loop's CPU generator."""
-        if self.device == "cpu":
-            return generator
-        seed = int(torch.randint(2**62, (1,), generator=generator))
-        return torch.Generator(self.device).manual_seed(seed)
 
     def save_result(self, run_dir: Path, step: int) -> Path:
         """Write `at_embedder_<step>.pth` and `learned_embeds.pth`: the mapper's plain fp32 state dict, as upstream's

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from avtool.errors import BadInput, WeightsError
+from avtool.weights.loading import shortlist
 
 # MusicInfuser (`avtool dance`): Mochi-1 in the diffusers layout, the adapter file, wav2vec2.
 MOCHI_FOLDER = "mochi-1-preview"
@@ -182,6 +183,4 @@ class WeightsCheck:
         for path in (p for ps in self.missing.values() for p in ps):
             folder = self.root / Path(path).relative_to(self.root).parts[0]
             paths.append(f"{folder}/ (the whole folder)" if not folder.is_dir() else path)
-        paths = list(dict.fromkeys(paths))
-        more = f" (+{len(paths) - 3} more)" if len(paths) > 3 else ""
-        raise WeightsError(f"missing weights: {', '.join(paths[:3])}{more}", hint=hint)
+        raise WeightsError(shortlist("missing weights", list(dict.fromkeys(paths))), hint=hint)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,14 @@ def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
         raise WeightsError(f"{path}: not a flat state dict of tensors (found {found})",
                            hint="pass key= to pick the nested state dict")
     return checkpoint
+
+
+def shortlist(label: str, items: Sequence[str], shown: int = 3) -> str:
+    """`label: a, b, c (+N more)` naming the first `shown` items, or "" when there are none."""
+    if not items:
+        return ""
+    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+    return f"{label}: {', '.join(items[:shown])}{more}"
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -19,6 +19,7 @@ from torch import nn
 
 from avtool.errors import WeightsError
 from avtool.models.beats.fbank import beats_input, num_frames
+from avtool.weights.loading import shortlist
 
 # Settings this implementation fixes; upstream's cfg must carry these values.
 FIXED_CFG = {"layer_norm_first": False, "relative_position_embedding": True, "gru_rel_pos": True, "activation_fn": "gelu"}
@@ -226,11 +227,12 @@ def checked_state_dict(state: Mapping[str, torch.Tensor], model: BEATs,
     missing = sorted(set(layout) - set(state) - aliases)
     wrong = [f"{key} {tuple(state[key].shape)} != {shape}" for key, shape in sorted(layout.items())
              if key in state and tuple(state[key].shape) != shape]
-    problems = _listing("unexpected keys", unexpected) + _listing("missing keys", missing) + _listing("wrong shapes", wrong)
+    problems = ", ".join(filter(None, (shortlist("unexpected keys", unexpected), shortlist("missing keys", missing),
+                                       shortlist("wrong shapes", wrong))))
     if problems:
         config = model.config
         raise WeightsError(f"{name}: checkpoint does not fit BEATs ({config.encoder_layers} layers, dim "
-                           f"{config.encoder_embed_dim}):" + problems.lstrip(","))
+                           f"{config.encoder_embed_dim}): {problems}")
     differing = sorted(key for key in aliases & set(state)
                        if not state[key].is_meta and not torch.equal(state[key], state[table]))
     if differing:
@@ -255,10 +257,3 @@ def load_beats(checkpoint: Mapping, name: str = "BEATs checkpoint") -> BEATs:
         model = BEATs(config)
     model.load_state_dict(checked_state_dict(state, model, name), assign=True)
     return model.eval()
-
-
-def _listing(label: str, items: list[str], shown: int = 3) -> str:
-    if not items:
-        return ""
-    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
-    return f", {label}: {', '.join(items[:shown])}{more}"

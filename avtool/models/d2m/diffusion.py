@@ -23,6 +23,7 @@ from torch import nn
 
 from avtool.errors import WeightsError
 from avtool.models.d2m.unet import UNet1d, UNetConfig, parameter_names, upstream_module_names
+from avtool.weights.loading import shortlist
 
 UPSTREAM_ALIASES = ("net.", "diffusion.net.", "sampler.net.")
 # TimeConditioningPlugin(blocks: embedder, mlp, TextConditioningPlugin(blocks: ClassifierFreeGuidancePlugin(blocks:
@@ -188,8 +189,8 @@ def layout_problems(expected: Mapping[str, tuple[int, ...]], found: Mapping[str,
     missing = sorted(set(expected) - set(found) - set(optional))
     wrong = [f"{key} {tuple(found[key].shape)} != {tuple(shape)}" for key, shape in expected.items()
              if key in found and tuple(found[key].shape) != tuple(shape)]
-    return [text for text in (_listing("unexpected keys", unexpected), _listing("missing keys", missing),
-                              _listing("wrong shapes", wrong)) if text]
+    return [text for text in (shortlist("unexpected keys", unexpected), shortlist("missing keys", missing),
+                              shortlist("wrong shapes", wrong)) if text]
 
 
 def gather_tied(pairs: Sequence[tuple[str, str]], state: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
@@ -202,10 +203,3 @@ def gather_tied(pairs: Sequence[tuple[str, str]], state: Mapping[str, torch.Tens
         if first is not tensor and not (tensor.is_meta or first.is_meta or torch.equal(first, tensor)):
             raise WeightsError(f"{name}: the time MLP's repeated Linear holds two different weights ({theirs})", model="d2m")
     return tensors
-
-
-def _listing(label: str, items: list[str], shown: int = 3) -> str:
-    if not items:
-        return ""
-    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
-    return f"{label}: {', '.join(items[:shown])}{more}"

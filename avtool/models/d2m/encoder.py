@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avtool.errors import WeightsError
+from avtool.weights.loading import shortlist
 
 CHECKPOINT_PREFIX = "model.encoder."
 LOG_FLOOR = 1e-5
@@ -226,8 +227,7 @@ def load_mel_encoder(state: Mapping[str, torch.Tensor], config: MelEncoderConfig
     problems += [f"{key} {tuple(tensors[key].shape)} != {shape}" for key, shape in layout.items()
                  if key in tensors and tuple(tensors[key].shape) != shape]
     if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise WeightsError(f"{name}: does not fit the DMAE mel encoder: {', '.join(problems[:3])}{more}")
+        raise WeightsError(shortlist(f"{name}: does not fit the DMAE mel encoder", problems))
     computed = LogMelSpectrogram(config).state_dict()
     tensors = {**{f"mel.{key}": value for key, value in computed.items()}, **tensors}
     model.load_state_dict(tensors, assign=True)

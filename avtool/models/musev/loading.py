@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from avtool.errors import WeightsError
+from avtool.weights.loading import shortlist
 
 IMAGE_PROJ_KEY = "image_proj"  # ip_adapter_image_proj.bin holds {"image_proj": state, ...}
 
@@ -16,10 +17,10 @@ IMAGE_PROJ_KEY = "image_proj"  # ip_adapter_image_proj.bin holds {"image_proj": 
 def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
     """Load `state` into `module`: every key used, every shape equal, or WeightsError naming the first misfits."""
     layout = _layout(module)
-    problems = (_listing("unexpected keys", sorted(set(state) - set(layout)))
-                + _listing("missing keys", sorted(set(layout) - set(state))) + _wrong_shapes(layout, state))
+    problems = ", ".join(filter(None, (shortlist("unexpected keys", sorted(set(state) - set(layout))),
+                                       shortlist("missing keys", sorted(set(layout) - set(state))), _wrong_shapes(layout, state))))
     if problems:
-        raise WeightsError(f"{name}: checkpoint does not fit {type(module).__name__}:" + problems.lstrip(","))
+        raise WeightsError(f"{name}: checkpoint does not fit {type(module).__name__}: {problems}")
     module.load_state_dict(state)
 
 
@@ -30,9 +31,10 @@ def load_base_spatial_weights(unet: nn.Module, sd15_unet_state: Mapping[str, tor
     a key the UNet lacks or a wrong shape is a WeightsError.
     """
     layout = _layout(unet)
-    problems = _listing("unexpected keys", sorted(set(sd15_unet_state) - set(layout))) + _wrong_shapes(layout, sd15_unet_state)
+    problems = ", ".join(filter(None, (shortlist("unexpected keys", sorted(set(sd15_unet_state) - set(layout))),
+                                       _wrong_shapes(layout, sd15_unet_state))))
     if problems:
-        raise WeightsError(f"{name}: not an SD1.5 UNet matching this MuseV UNet:" + problems.lstrip(","))
+        raise WeightsError(f"{name}: not an SD1.5 UNet matching this MuseV UNet: {problems}")
     unet.load_state_dict(sd15_unet_state, strict=False)
 
 
@@ -51,11 +53,4 @@ def _layout(module: nn.Module) -> dict[str, tuple[int, ...]]:
 def _wrong_shapes(layout: Mapping[str, tuple[int, ...]], state: Mapping[str, torch.Tensor]) -> str:
     wrong = [f"{key} {tuple(tensor.shape)} != {layout[key]}" for key, tensor in sorted(state.items())
              if key in layout and tuple(tensor.shape) != layout[key]]
-    return _listing("wrong shapes", wrong)
-
-
-def _listing(label: str, items: list[str], shown: int = 3) -> str:
-    if not items:
-        return ""
-    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
-    return f", {label}: {', '.join(items[:shown])}{more}"
+    return shortlist("wrong shapes", wrong)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avtool.errors import WeightsError
+from avtool.weights.loading import shortlist
 
 LOCAL_HALF_WIDTHS = (1, 2, 4, 8)  # frames each side of the four local windows, `local_window_1..4` upstream
 _DDP_PREFIX = "module."
@@ -136,9 +137,10 @@ class AudioTokenMapper(nn.Module):
         missing = sorted(set(expected) - set(state))
         wrong = [f"{key} {tuple(state[key].shape)} != {shape}" for key, shape in sorted(expected.items())
                  if key in state and tuple(state[key].shape) != shape]
-        problems = _listing("unexpected keys", unexpected) + _listing("missing keys", missing) + _listing("wrong shapes", wrong)
+        problems = ", ".join(filter(None, (shortlist("unexpected keys", unexpected), shortlist("missing keys", missing),
+                                           shortlist("wrong shapes", wrong))))
         if problems:
-            raise WeightsError(f"{name}: not a TempoTokens mapper state dict:" + problems.lstrip(","), model="tempotokens")
+            raise WeightsError(f"{name}: not a TempoTokens mapper state dict: {problems}", model="tempotokens")
         mapper.load_state_dict(state, strict=True, assign=True)
         return mapper
 
@@ -161,10 +163,3 @@ def _sizes(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     if (fc3 := state.get("fc3.weight")) is not None and fc3.ndim == 2:
         sizes.update(output_size=fc3.shape[0])
     return sizes
-
-
-def _listing(label: str, items: list[str], shown: int = 3) -> str:
-    if not items:
-        return ""
-    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
-    return f", {label}: {', '.join(items[:shown])}{more}"

@@ -23,6 +23,7 @@ from torch import nn
 from avtool.errors import WeightsError
 from avtool.models.vidmuse.config import VidMuseConfig
 from avtool.models.vidmuse.video import VideoConditioner
+from avtool.weights.loading import shortlist
 
 if TYPE_CHECKING:
     from transformers import CLIPVisionConfig, EncodecModel
@@ -231,10 +232,11 @@ def convert_state_dict(best_state: Mapping[str, torch.Tensor], model: VidMuse, n
     missing = sorted(set(layout) - set(best_state))
     wrong = [f"{key} {tuple(best_state[key].shape)} != {shape}" for key, shape in sorted(layout.items())
              if key in best_state and tuple(best_state[key].shape) != shape]
-    problems = _listing("unexpected keys", unexpected) + _listing("missing keys", missing) + _listing("wrong shapes", wrong)
+    problems = ", ".join(filter(None, (shortlist("unexpected keys", unexpected), shortlist("missing keys", missing),
+                                       shortlist("wrong shapes", wrong))))
     if problems:
         raise WeightsError(f"{name}: checkpoint does not fit VidMuse ({model.config.num_layers} LM layers, "
-                           f"dim {model.config.dim}):" + problems.lstrip(","))
+                           f"dim {model.config.dim}): {problems}")
     state = {}
     for key in _checkpoint_state(model):
         source = upstream_source(key)
@@ -260,13 +262,6 @@ def to_upstream_state_dict(model: VidMuse) -> dict[str, torch.Tensor]:
 def _checkpoint_state(model: VidMuse) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{key}": tensor for prefix, module in model.checkpoint_modules().items()
             for key, tensor in module.state_dict().items()}
-
-
-def _listing(label: str, items: list[str], shown: int = 3) -> str:
-    if not items:
-        return ""
-    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
-    return f", {label}: {', '.join(items[:shown])}{more}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
