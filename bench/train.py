@@ -478,8 +478,18 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
           f"each tenth: {' '.join(f'{losses[i:i + k].mean():.3f}' for i in range(0, len(losses), k))}", flush=True)
     avtool("train", "--plot", run_dir, "-q")
     print(f"loss curve: {run_dir / 'loss.png'}", flush=True)
-    print(f"audio dependence of the trained model: {audio_dependence(weights, config, run_dir / f'checkpoint-{steps}.pt')}",
+    checkpoint = run_dir / f"checkpoint-{steps}.pt"
+    print(f"audio dependence of the trained model, on its training clips: {audio_dependence(weights, config, checkpoint)}",
           flush=True)
+    # the same on clips it never saw: a model that learnt rhythm gains there too; one that learnt which sound goes with
+    # which training clip (its texture and colour) does not
+    held_videos, held_clips = work / "held_videos", work / "held_clips"
+    held_videos.mkdir(exist_ok=True)
+    for i in range(8):
+        make_clip(held_videos, f"held{i:02d}", 1.4, 200 + i)
+    preprocess(held_videos, held_clips, weights)
+    held_config = write_config(work / "held.yaml", held_clips, steps, lr, rank, save_interval=steps)
+    print(f"audio dependence on 8 held-out clips: {audio_dependence(weights, held_config, checkpoint)}", flush=True)
 
     songs_dir = work / "songs"
     songs_dir.mkdir(exist_ok=True)

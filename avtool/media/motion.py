@@ -51,7 +51,7 @@ def read_motion(path: Path, min_frames: int = 1) -> np.ndarray:
 def check_motion_file(path: Path) -> None:
     """BadInput (exit 2) unless `path` is an existing `.pkl` or `.npy` file."""
     if not path.is_file():
-        raise BadInput(f"{path}: no such motion file" if not path.exists() else f"{path}: not a file")
+        raise BadInput(f"{path}: no such motion file" if not path.exists() else f"{path}: not a file", hint="check the path")
     if path.suffix.lower() not in MOTION_SUFFIXES:
         raise BadInput(f"{path}: not a motion file ({', '.join(MOTION_SUFFIXES)})",
                        hint="d2m takes a dance's AIST++ SMPL motion (.pkl) or its (frames, 219) features (.npy); videos go to --model vidmuse")
