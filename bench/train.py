@@ -8,7 +8,9 @@ motion that follows the music.
    beat motion through encode+decode (AV-Align and motion-curve correlation of the clip vs its reconstruction). The
    random tiny VAE does not (its reconstruction flickers on every frame, AV-Align at chance), so by default the tiny
    VAE is first trained as a plain autoencoder (pixel MSE + a small KL) on fresh beat windows for --train-vae seconds,
-   checked again, and used for everything after (preprocessing and `avtool dance`'s decode); then
+   checked again, and used for everything after (preprocessing and `avtool dance`'s decode). With --pretrain-dit, the
+   tiny DiT is then pretrained as a plain video model (flow matching, no audio) on other beat clips, as the real
+   Mochi comes pretrained, and used for everything after (the adapter trains on it, dance samples with it); then
    `avtool train` for --steps steps, `avtool dance` on --seeds held-out songs (new tempi), and `avtool eval --metric
    av-align` of
      trained      the trained adapter, conditioned on song A, scored against song A (the music muxed in);
@@ -16,12 +18,14 @@ motion that follows the music.
                   song A (the music muxed into the trained run's video): does the motion follow the music it was given?
      control b    the fresh adapter the training starts from (zero LoRA B and cross-attention output: the bare DiT),
                   conditioned on and scored against song A.
-   and the loss curve (metrics.jsonl summary; `avtool train --plot` writes loss.png).
+   and the loss curve (metrics.jsonl summary; `avtool train --plot` writes loss.png), and how much the trained model's
+   loss depends on the audio, on its training clips and on held-out clips (own vs another clip's audio).
 
 Prints figures, asserts nothing.
 
-Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae SECONDS] [--weights-dir DIR] [--work DIR]
-                             [--skip-speed] [--skip-learning]
+Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae SECONDS] [--pretrain-dit SECONDS]
+                             [--tempo LOW HIGH] [--num-frames N] [--weights-dir DIR] [--work DIR] [--skip-speed]
+                             [--skip-learning]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,6 +131,11 @@ def make_clip(folder: Path, name: str, seconds: float, seed: int) -> tuple[Path,
     return video, bpm
 
 
+def clip_seconds() -> float:
+    """Source clips: the training clip (NUM_FRAMES at 30 fps, + 0.09 s as preprocess cuts) and some margin."""
+    return round(NUM_FRAMES / FPS + 0.6, 2)
+
+
 def make_song(path: Path, seconds: float, seed: int) -> float:
     rng = np.random.default_rng(seed)
     bpm = rng.uniform(*TEMPO_RANGE)
@@ -177,8 +187,8 @@ def steps_per_second(records: list[dict]) -> float:
     return (records[-1]["step"] - records[0]["step"]) / (records[-1]["time"] - records[0]["time"])
 
 
-def preprocess(videos: Path, out: Path, weights: Path, num_frames: int = NUM_FRAMES) -> dict:
-    run = avtool("preprocess", "dance", videos, "-o", out, "--num-frames", num_frames, "--crop", "center", "--seed", 1,
+def preprocess(videos: Path, out: Path, weights: Path) -> dict:
+    run = avtool("preprocess", "dance", videos, "-o", out, "--num-frames", NUM_FRAMES, "--crop", "center", "--seed", 1,
                  "--weights-dir", weights, "--caption", "a dance video", "-q", "--json")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -338,6 +348,67 @@ def tiny_vae_training_frames(count: int, seed: int) -> np.ndarray:
     return np.stack(out)
 
 
+def with_component(weights: Path, folder: Path, component: str, model) -> Path:
+    """A weights folder: `weights` symlinked, except mochi-1-preview/`component`, which is `model` saved there."""
+    mochi = folder / "mochi-1-preview"
+    mochi.mkdir(parents=True, exist_ok=True)
+    for sub in weights.iterdir():
+        if sub.name != "mochi-1-preview" and not (folder / sub.name).exists():
+            (folder / sub.name).symlink_to(sub.resolve())
+    for sub in (weights / "mochi-1-preview").iterdir():
+        if sub.name != component and not (mochi / sub.name).exists():
+            (mochi / sub.name).symlink_to(sub.resolve())
+    model.save_pretrained(mochi / component, safe_serialization=True)
+    # the original config: the same model, and it holds avtool's tiny size (`sample_height`), which diffusers drops
+    shutil.copyfile(weights / "mochi-1-preview" / component / "config.json", mochi / component / "config.json")
+    return folder
+
+
+def pretrain_tiny_dit(weights: Path, clips: Path, out: Path, seconds: float, lr: float = 1e-3) -> tuple[Path, str]:
+    """Pretrain the tiny Mochi DiT as a plain video model (flow matching as `avtool train` computes it, the clips'
+    caption, no audio) on beat clips for about `seconds`, as the real Mochi comes pretrained on video; write a weights
+    folder with it in place of the random one. Returns (folder, summary)."""
+    import torch
+    from diffusers import MochiTransformer3DModel
+
+    from avtool.models.mochi import MochiFlowModel
+    from avtool.pipelines.train import read_config
+    from avtool.training.musicinfuser import training_example, vae_latent_stats
+    from avtool.training.musicinfuser_config import training_clips
+    from avtool.weights.loading import load_pretrained
+
+    _, config, _ = read_config(write_config(out / "dit.yaml", clips, 1, lr, 1, 1))
+    data, (mean, std) = training_clips(config), vae_latent_stats(weights)
+    torch.manual_seed(0)
+    transformer = load_pretrained(MochiTransformer3DModel, weights / "mochi-1-preview" / "transformer", torch_dtype=torch.float32)
+    flow, generator = MochiFlowModel(transformer.train()), torch.Generator().manual_seed(0)
+
+    def batch_loss(step: int):
+        batch = [data[int(i)] for i in torch.randint(len(data), (2,), generator=generator)]
+        example = training_example(batch, generator, step, config, mean, std)
+        return (flow(example.noisy, example.sigma, example.text, example.text_mask) - example.target).pow(2).mean()
+
+    summary = train_for(seconds, transformer.parameters(), batch_loss, lr)
+    return with_component(weights, out / "weights_pretrained_dit", "transformer", transformer.eval()), f"{summary} (flow loss)"
+
+
+def train_for(seconds: float, parameters, batch_loss, lr: float = 1e-3) -> str:
+    """AdamW on `parameters` for about `seconds`, `batch_loss(step)` per step; a summary: steps, time, loss by fifths."""
+    import torch
+
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
+    losses, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        loss = batch_loss(len(losses))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    k = max(1, len(losses) // 5)
+    return (f"{len(losses)} steps (batch 2) in {time.perf_counter() - start:.0f} s, loss by fifths "
+            + " ".join(f"{np.mean(losses[i:i + k]):.4f}" for i in range(0, len(losses), k)))
+
+
 def train_tiny_vae(weights: Path, out: Path, seconds: float, kl_weight: float = 1e-4) -> tuple[Path, str]:
     """Train the tiny Mochi VAE (encoder + decoder) as an autoencoder on beat windows for about `seconds`; write a
     weights folder with it in place of the random one (everything else symlinked). Returns (folder, summary)."""
@@ -349,32 +420,15 @@ def train_tiny_vae(weights: Path, out: Path, seconds: float, kl_weight: float = 
     torch.manual_seed(0)
     vae = load_pretrained(AutoencoderKLMochi, weights / "mochi-1-preview" / "vae", torch_dtype=torch.float32).train()
     data = torch.from_numpy(tiny_vae_training_frames(64, 7)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    losses, start, step = [], time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
+
+    def batch_loss(step: int):
         batch = data[torch.randint(len(data), (2,))]
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        loss = (recon - batch).pow(2).mean() + kl_weight * posterior.kl().mean() / batch[0].numel()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        step += 1
-    vae.eval()
-    folder = out / "weights_trained_vae"
-    mochi = folder / "mochi-1-preview"
-    mochi.mkdir(parents=True, exist_ok=True)
-    for sub in weights.iterdir():
-        if sub.name != "mochi-1-preview" and not (folder / sub.name).exists():
-            (folder / sub.name).symlink_to(sub.resolve())
-    for sub in (weights / "mochi-1-preview").iterdir():
-        if sub.name != "vae" and not (mochi / sub.name).exists():
-            (mochi / sub.name).symlink_to(sub.resolve())
-    vae.save_pretrained(mochi / "vae", safe_serialization=True)
-    k = max(1, len(losses) // 5)
-    return folder, (f"{step} steps (batch 2) in {time.perf_counter() - start:.0f} s, reconstruction loss by fifths "
-                    + " ".join(f"{np.mean(losses[i:i + k]):.4f}" for i in range(0, len(losses), k)))
+        return (recon - batch).pow(2).mean() + kl_weight * posterior.kl().mean() / batch[0].numel()
+
+    summary = train_for(seconds, vae.parameters(), batch_loss)
+    return with_component(weights, out / "weights_trained_vae", "vae", vae.eval()), f"{summary} (reconstruction)"
 
 
 def dance(weights: Path, songs: list[Path], seeds: list[int], out: Path, steps: int) -> list[Path]:
@@ -446,11 +500,11 @@ def audio_dependence(weights: Path, config_path: Path, checkpoint: Path, draws: 
 
 
 def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int, sample_steps: int, lr: float, rank: int,
-             vae_seconds: float) -> None:
+             vae_seconds: float, dit_seconds: float) -> None:
     print(f"\n== 2. learning: {clips_count} beat clips, {steps} steps, {seeds} held-out songs ==", flush=True)
     videos, clips = work / "videos", work / "clips"
     videos.mkdir(parents=True, exist_ok=True)
-    tempi = [make_clip(videos, f"beat{i:02d}", 1.4, i)[1] for i in range(clips_count)]
+    tempi = [make_clip(videos, f"beat{i:02d}", clip_seconds(), i)[1] for i in range(clips_count)]
     if vae_seconds > 0:
         random_clips = work / "clips_random_vae"
         preprocess(videos, random_clips, weights)
@@ -458,6 +512,15 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
         vae_check(weights, random_clips, work)
         weights, summary = train_tiny_vae(weights, work, vae_seconds)
         print(f"tiny VAE trained as an autoencoder on 64 fresh beat windows: {summary}; the rest uses it", flush=True)
+    if dit_seconds > 0:
+        prior_videos, prior_clips = work / "prior_videos", work / "prior_clips"
+        prior_videos.mkdir(exist_ok=True)
+        for i in range(max(64, clips_count)):  # other beat clips than the adapter's
+            make_clip(prior_videos, f"prior{i:03d}", clip_seconds(), 3000 + i)
+        preprocess(prior_videos, prior_clips, weights)
+        weights, summary = pretrain_tiny_dit(weights, prior_clips, work, dit_seconds)
+        print(f"tiny DiT pretrained as a video model on {max(64, clips_count)} other beat clips: {summary}; the rest uses it",
+              flush=True)
     start = time.perf_counter()
     summary = preprocess(videos, clips, weights)
     print(f"clips: {clips_count} sources, tempi {min(tempi):.0f}-{max(tempi):.0f} BPM; preprocess wrote "
@@ -486,7 +549,7 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
     held_videos, held_clips = work / "held_videos", work / "held_clips"
     held_videos.mkdir(exist_ok=True)
     for i in range(8):
-        make_clip(held_videos, f"held{i:02d}", 1.4, 200 + i)
+        make_clip(held_videos, f"held{i:02d}", clip_seconds(), 200 + i)
     preprocess(held_videos, held_clips, weights)
     held_config = write_config(work / "held.yaml", held_clips, steps, lr, rank, save_interval=steps)
     print(f"audio dependence on 8 held-out clips: {audio_dependence(weights, held_config, checkpoint)}", flush=True)
@@ -532,11 +595,17 @@ def main() -> None:
     parser.add_argument("--speed-steps", type=int, default=200)
     parser.add_argument("--train-vae", type=float, default=150.0, metavar="SECONDS",
                         help="train the tiny VAE this long first (0: keep the random one)")
+    parser.add_argument("--pretrain-dit", type=float, default=0.0, metavar="SECONDS",
+                        help="pretrain the tiny DiT as a video model on other beat clips this long first (0: the random one)")
+    parser.add_argument("--tempo", type=float, nargs=2, default=TEMPO_RANGE, metavar=("LOW", "HIGH"), help="BPM range of the beats")
+    parser.add_argument("--num-frames", type=int, default=NUM_FRAMES, help="frames per clip and generated video (6k+1)")
     parser.add_argument("--weights-dir", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None, help="keep the run's files here (default: a temporary folder)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-learning", action="store_true")
     args = parser.parse_args()
+    global TEMPO_RANGE, NUM_FRAMES
+    TEMPO_RANGE, NUM_FRAMES = tuple(args.tempo), args.num_frames
     with weights_folder(args.weights_dir, ["mochi-1-preview", "musicinfuser"]) as weights, \
             tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -546,7 +615,7 @@ def main() -> None:
             speed(weights, work, args.speed_steps)
         if not args.skip_learning:
             learning(weights, work, args.clips, args.steps, args.seeds, args.sample_steps, args.lr, args.rank,
-                     args.train_vae)
+                     args.train_vae, args.pretrain_dit)
 
 
 if __name__ == "__main__":
