@@ -293,9 +293,10 @@ def preprocess(
     if windows is not None and kind != "d2m":
         raise BadInput("--windows: only for `avtool preprocess d2m`")
     if kind == "d2m":
-        for name, value in (("--fps", fps), ("--height", height), ("--width", width), ("--caption", caption)):
+        for name, value in (("--fps", fps), ("--height", height), ("--width", width), ("--caption", caption),
+                            ("--dtype", None if dtype == "auto" else dtype)):
             if value is not None:
-                raise BadInput(f"{name}: not for `avtool preprocess d2m` (motion at 60 fps, music at 44.1 kHz)")
+                raise BadInput(f"{name}: not for `avtool preprocess d2m` (motion at 60 fps, music at 44.1 kHz, the autoencoder in fp32)")
         options = D2MPreprocessOptions(windows=1 if windows is None else windows, motion_frames=356 if num_frames is None else num_frames,
                                        seed=seed, device=device)
         summary = preprocess_d2m(videos, output, options, weights_dir, quiet)

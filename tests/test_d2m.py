@@ -91,6 +91,16 @@ def test_preprocess_reports_bad_motion_and_missing_music_and_goes_on(tmp_path, t
     assert "cannot read the motion pickle" in reasons["gLO_sBM_cAll_d13_mBR0_ch09.pkl"]
 
 
+def test_the_preprocess_cli_summarises_and_refuses_video_options(aistpp, tiny_weights, tmp_path):
+    out = run_avtool("preprocess", "d2m", aistpp, "-o", tmp_path / "out", "--weights-dir", tiny_weights, "--json", "-q")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert (summary["written"], summary["rejected"]) == (2, 0) and "height" not in summary
+    refused = run_avtool("preprocess", "d2m", aistpp, "-o", tmp_path / "x", "--weights-dir", tiny_weights, "--dtype", "bf16")
+    assert refused.returncode == 2 and "--dtype: not for `avtool preprocess d2m`" in refused.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def config(path, data, run_dir, **keys) -> str:
     """configs/d2m.yaml with the tiny sizes, 4 steps of batch 2."""
     settings = {**yaml.safe_load((REPO / "configs" / "d2m.yaml").read_text()), "data": str(data), "checkpoint_dir": str(run_dir),

@@ -152,8 +152,7 @@ class D2MPreprocessOptions:
     windows: int = 1  # consecutive windows per motion from its start (upstream: 1)
     motion_frames: int = 356  # a window's motion frames (the model's MOT window; upstream: 356)
     seed: int | None = None  # nothing is random here; kept so every preprocess summary has one
-    device: str = "auto"
-    dtype: str = "auto"  # ignored: the autoencoder runs in fp32
+    device: str = "auto"  # the autoencoder runs in fp32
 
 
 @dataclass(frozen=True)
