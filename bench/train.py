@@ -585,6 +585,7 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
 
 
 def main() -> None:
+    global TEMPO_RANGE, NUM_FRAMES  # --tempo and --num-frames set the data's constants
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3000)
@@ -604,7 +605,6 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-learning", action="store_true")
     args = parser.parse_args()
-    global TEMPO_RANGE, NUM_FRAMES
     TEMPO_RANGE, NUM_FRAMES = tuple(args.tempo), args.num_frames
     with weights_folder(args.weights_dir, ["mochi-1-preview", "musicinfuser"]) as weights, \
             tempfile.TemporaryDirectory() as tmp:
