@@ -499,9 +499,36 @@ def audio_dependence(weights: Path, config_path: Path, checkpoint: Path, draws: 
             f"{len(own_a)} draws)")
 
 
+def audio_feature_probe(weights: Path, songs: int = 24, ridge: float = 1.0) -> str:
+    """Do the (tiny) wav2vec2 features carry the beat? A ridge read-out of the log-energy envelope (at the features'
+    50 Hz) fitted on 2/3 of fresh click tracks, its correlation on the other third, and on features of other songs."""
+    import soxr
+
+    from avtool.models.musicinfuser import Wav2VecEncoder
+
+    encoder = Wav2VecEncoder.from_folder(weights / "wav2vec2-base-960h")
+    features, envelopes = [], []
+    for seed in range(songs):
+        rng = np.random.default_rng(1000 + seed)
+        bpm = rng.uniform(*TEMPO_RANGE)
+        y = soxr.resample(click_track(2.0, bpm, rng.uniform(0.05, 60 / bpm), rng)[0], SR, 16000)
+        f = encoder(y)[0].numpy()
+        envelopes.append(np.log(np.sqrt(np.mean(y[: len(f) * 320].reshape(len(f), 320) ** 2, axis=1)) + 1e-4))
+        features.append(np.c_[f, np.ones(len(f))])
+    fit = songs * 2 // 3
+    a, b = np.concatenate(features[:fit]), np.concatenate(envelopes[:fit])
+    w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)
+    held = np.concatenate([f @ w for f in features[fit:]])
+    own = np.corrcoef(held, np.concatenate(envelopes[fit:]))[0, 1]
+    other = np.corrcoef(held, np.concatenate(envelopes[fit + 1:] + envelopes[fit:fit + 1]))[0, 1]
+    return f"held-out correlation {own:.2f} (features of another song: {other:.2f})"
+
+
 def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int, sample_steps: int, lr: float, rank: int,
              vae_seconds: float, dit_seconds: float) -> None:
     print(f"\n== 2. learning: {clips_count} beat clips, {steps} steps, {seeds} held-out songs ==", flush=True)
+    print(f"does the tiny wav2vec2 carry the beat (log-energy read out of its features)? {audio_feature_probe(weights)}",
+          flush=True)
     videos, clips = work / "videos", work / "clips"
     videos.mkdir(parents=True, exist_ok=True)
     tempi = [make_clip(videos, f"beat{i:02d}", clip_seconds(), i)[1] for i in range(clips_count)]
