@@ -504,10 +504,10 @@ def tokens(
 
 @command("train")
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="Training config (upstream's keys), e.g. configs/music_infuser.yaml.", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Argument(help="Training config (upstream's keys): configs/music_infuser.yaml, configs/tempotokens/*.yaml or configs/d2m.yaml.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's latest checkpoint.")] = False,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps in all (the schedule still spans the config's num_steps).", show_default=False)] = None,
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Folder for checkpoints, metrics and the adapter (default: the config's checkpoint_dir).", file_okay=False, show_default=False)] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Folder for checkpoints, metrics and the result (default: the config's checkpoint_dir, TempoTokens: output_dir).", file_okay=False, show_default=False)] = None,
     weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Weights folder (the frozen base models).", envvar="AVTOOL_WEIGHTS")] = Path("weights"),
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")] = "auto",
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Instead of training, draw RUN_DIR's loss curve to RUN_DIR/loss.png.", file_okay=False, show_default=False)] = None,
@@ -515,7 +515,8 @@ def train(
     json: bool,
     quiet: bool,
 ) -> None:
-    """Fine-tune an audio adapter (MusicInfuser), one process or many under torchrun; resumable.
+    """Train from a config: MusicInfuser's audio adapter, TempoTokens' mapper or Dance2Music-Diffusion; one process or
+    many under torchrun; resumable.
 
     `python -m torch.distributed.run --nproc-per-node N -m avtool train CONFIG` trains on N processes (gloo on CPU,
     NCCL on GPUs); `bash/run.bash -c CONFIG -n N` does the same.
