@@ -89,6 +89,20 @@ def collect_files(inputs: list[Path], suffixes: tuple[str, ...], kind: str) -> l
     return list(dict.fromkeys(files))
 
 
+def autocast_for(precision: str, device: str) -> tuple[Callable[[], Any], str]:
+    """What a run with fp32 weights computes under: "fp16"/"bf16" -> that autocast on `device`, anything else ->
+    plain fp32. Returns a context-manager factory and its label for the sidecar."""
+    import contextlib
+    import functools
+
+    import torch
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        return contextlib.nullcontext, "fp32"
+    return functools.partial(torch.autocast, torch.device(device).type, dtype=dtypes[precision]), f"{precision} autocast"
+
+
 def check_not_silent(path: Path, samples: Any, start: float, seconds: float) -> None:
     """Refuse (exit 2) an audio excerpt (a numpy array) below -60 dBFS RMS: the video would follow silence."""
     import numpy as np

@@ -15,7 +15,6 @@ Upstream generates one window only (5.94 s from the first 356 frames); longer mo
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -35,6 +34,7 @@ from avtool.pipelines.common import (
     Job,
     Rendered,
     RunInfo,
+    autocast_for,
     check_output,
     check_range,
     collect_files,
@@ -143,11 +143,9 @@ def load_models(weights: D2MWeights, request: D2MRequest, opts: GenerationOption
         raise
     with weights_hint(weights.autoencoder.parent, {DMAE_FOLDER: "d2m"}):
         autoencoder = load_dmae(weights.autoencoder, device, torch.float32)
-    precision = ("fp16" if device.startswith("cuda") else "fp32") if opts.dtype == "auto" else opts.dtype
-    kinds = {"fp16": torch.float16, "bf16": torch.bfloat16}
-    autocast = (functools.partial(torch.autocast, torch.device(device).type, dtype=kinds[precision])
-                if precision in kinds else contextlib.nullcontext)
-    info = RunInfo("score", device, f"{precision} autocast" if precision in kinds else "fp32", opts.steps or DEFAULT_STEPS,
+    autocast, precision = autocast_for(("fp16" if device.startswith("cuda") else "fp32") if opts.dtype == "auto" else opts.dtype,
+                                       device)
+    info = RunInfo("score", device, precision, opts.steps or DEFAULT_STEPS,
                    weights_record(weights.files), {**options_record(request), "model": "d2m"}, shard, clock.lap())
     return D2MModels(mot, denoiser, autoencoder, device, autocast), info
 

@@ -32,6 +32,7 @@ from avtool.pipelines.common import (
     Job,
     Rendered,
     RunInfo,
+    autocast_for,
     check_choice,
     check_output,
     check_range,
@@ -119,7 +120,6 @@ def score(inputs: list[Path], request: ScoreRequest, opts: GenerationOptions) ->
 def load_models(weights: ScoreWeights, request: ScoreRequest, opts: GenerationOptions,
                 shard: Shard | None) -> tuple[ScoreModels, RunInfo]:
     """VidMuse (LM, video encoder, EnCodec) and the cached LM step behind the step runner."""
-    import contextlib
 
     import torch
 
@@ -135,19 +135,14 @@ def load_models(weights: ScoreWeights, request: ScoreRequest, opts: GenerationOp
         model = load_vidmuse(load_checkpoint(weights.state_dict), load_checkpoint(weights.compression), weights.codec,
                              weights.clip, device, torch.float32)
     # upstream's precision: fp32 weights under fp16 autocast on CUDA, fp32 on the CPU; --dtype picks another autocast
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    autocast, precision = autocast_for(opts.dtype, device)
     if opts.dtype == "auto":
         autocast = functools.partial(upstream_autocast, device)
-    elif opts.dtype in dtypes:
-        autocast = functools.partial(torch.autocast, torch.device(device).type, dtype=dtypes[opts.dtype])
-    else:
-        autocast = contextlib.nullcontext
+        precision = "fp16 autocast" if device.startswith("cuda") else "fp32"
     max_frames = int(MAX_DURATION * model.frame_rate)
     max_video_tokens = int(MAX_DURATION * model.config.video_fps) * model.tokens_per_frame
     step = VidMuseStep(model.lm, rows=2, max_steps=max_frames + model.num_codebooks - 1, max_video_tokens=max_video_tokens)
     models = ScoreModels(model, step, StepRunner(step, runner_mode), device, autocast)
-    precision = "fp16 autocast" if opts.dtype == "auto" and device.startswith("cuda") else (
-        f"{opts.dtype} autocast" if opts.dtype in dtypes else "fp32")
     info = RunInfo("score", device, precision, None, weights_record(weights.files),
                    {**options_record(request), "runner": runner_mode}, shard, clock.lap())
     return models, info
