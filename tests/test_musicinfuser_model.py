@@ -12,6 +12,7 @@ from avtool.models.musicinfuser import (
     AudioCrossAttention,
     AudioProjector,
     Wav2VecEncoder,
+    audio_window_mask,
 )
 from avtool.pipelines import dance as pipeline
 from avtool.weights.tiny.musicinfuser import LORA_KWARGS, TINY_AUDIO_LAYERS, adapter_state_dict, write_adapter
@@ -173,6 +174,24 @@ def test_audio_cross_attention_matches_multi_head_attention_by_hand():
     with torch.no_grad():
         torch.testing.assert_close(attention(tokens, music), expected)
     assert torch.equal(AudioCrossAttention(dim=16)(tokens, music), tokens)  # zero-initialised output projection
+
+
+@pytest.mark.parametrize("window", [0, 1, None])
+def test_audio_attention_window_lets_a_frame_hear_only_nearby_audio(window):
+    """Frame-major tokens of 4 latent frames, 3 each: changing audio frame 3 changes exactly the frames within
+    `window` of it (None: upstream's attention, every frame)."""
+    torch.manual_seed(0)
+    attention = AudioCrossAttention(dim=16, num_heads=8)
+    torch.nn.init.normal_(attention.to_out.weight)
+    tokens, music = torch.randn(1, 12, 16), torch.randn(1, 4, 16)
+    changed_music = music.clone()
+    changed_music[:, 3] += 1
+    mask = None if window is None else audio_window_mask(4, 3, window, torch.device("cpu"))
+    with torch.no_grad():
+        moved = (attention(tokens, changed_music, mask) - attention(tokens, music, mask)).abs().amax(-1)[0]
+    heard = {0: [3], 1: [2, 3], None: [0, 1, 2, 3]}[window]
+    assert [frame for frame in range(4) if moved[3 * frame : 3 * frame + 3].min() > 1e-4] == heard
+    assert [frame for frame in range(4) if moved[3 * frame : 3 * frame + 3].max() > 0] == heard
 
 
 def test_wav2vec_features_use_upstream_normalisation(encoder):

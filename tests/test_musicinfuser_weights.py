@@ -96,6 +96,7 @@ def rename(old, new):
      ["blocks.0.attn.qkv_x.lora_A/B shapes (3, 32)/(96, 4) do not fit rank 4"]),
     (lambda state, metadata: metadata.pop("kwargs"), ["kwargs"]),
     (lambda state, metadata: metadata.update({"avtool_audio_cross_attn_layers": "[1, 4]"}), ["(1, 4)"]),
+    (lambda state, metadata: metadata.update({"avtool_audio_attention_window": "-1"}), ["'-1', not a whole number"]),
 ])
 def test_adapter_that_does_not_fit_is_refused_naming_the_keys(weights_copy, edit, named):
     rewrite_adapter(weights_copy, edit)

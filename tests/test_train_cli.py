@@ -41,6 +41,7 @@ def config(path, clips, **training):
     ("audio_mode: cross_attn\ntraining: {warmup_stepz: 3}\n", "unknown key training.warmup_stepz"),
     ("embedder_learning_rate: 1e-5\ntrain_data: {path: nowhere}\n", "train_data.path nowhere: no such folder"),
     ("audio_mode: cross_attn\ntrain_data_dir: nowhere\n", "train_data_dir nowhere: no such folder"),
+    ("audio_mode: cross_attn\naudio_attention_window: -1\n", "audio_attention_window: must be 0 or more"),
     ("- a list\n", "expected a YAML mapping"),
 ])
 def test_config_errors_exit_2_before_torch(tmp_path, text, message):

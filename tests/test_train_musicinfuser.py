@@ -16,7 +16,12 @@ from safetensors import safe_open
 
 from avtool.errors import BadInput
 from avtool.models.mochi import MochiFlowModel
-from avtool.models.musicinfuser import AUDIO_CROSS_ATTN_LAYERS, MusicInfuserTransformer, load_dance_transformer
+from avtool.models.musicinfuser import (
+    AUDIO_CROSS_ATTN_LAYERS,
+    WINDOW_METADATA_KEY,
+    MusicInfuserTransformer,
+    load_dance_transformer,
+)
 from avtool.pipelines.preprocess import DancePreprocessOptions, preprocess_dance
 from avtool.training.config import OptimizerConfig, load_config
 from avtool.training.loop import train
@@ -98,6 +103,25 @@ def test_saved_adapter_is_upstreams_file_and_loads_in_dance(clips_dir, tiny_weig
         without_audio = task.flow(*inputs, audio_features=example.audio * 0)
     assert not torch.allclose(trained, without_audio, atol=1e-3)  # the audio adapter is in play
     torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=1e-5)
+
+
+def test_audio_attention_window_is_kept_in_the_adapter_file_for_dance(clips_dir, tiny_weights, tmp_path):
+    task = MusicInfuserTask(tiny_config(clips_dir, audio_attention_window=0), tiny_weights, "cpu")
+    randomise(task)
+    path = task.save_result(tmp_path, 1)
+    assert read_adapter(path)[1][WINDOW_METADATA_KEY] == "0"
+    mochi = tiny_weights / MOCHI_FOLDER / "transformer"
+    loaded = load_dance_transformer(mochi, sorted(mochi.glob("*.safetensors")), path, "cpu", torch.float32)
+    assert loaded.config.audio_attention_window == 0
+    example = training_example(task.clips[:1], torch.Generator().manual_seed(0), 0, task.config,
+                               task.latents_mean, task.latents_std)
+    inputs = (example.noisy, example.sigma, example.text, example.text_mask)
+    with torch.no_grad():
+        trained = task.flow(*inputs, audio_features=example.audio)
+        torch.testing.assert_close(MochiFlowModel(loaded)(*inputs, audio_features=example.audio), trained,
+                                   atol=1e-5, rtol=1e-5)
+        loaded.register_to_config(audio_attention_window=None)  # the same weights attending to the whole clip
+        assert not torch.allclose(MochiFlowModel(loaded)(*inputs, audio_features=example.audio), trained, atol=1e-4)
 
 
 def test_fresh_adapter_leaves_the_dit_unchanged(clips_dir, tiny_weights):

@@ -32,6 +32,8 @@ AUDIO_CROSS_ATTN_LAYERS = (6, 7, 8, 9, 10, 21, 34, 35, 36, 38, 39, 43, 44, 45, 4
 AUDIO_CROSS_ATTN_HEADS = 8
 # avtool-only metadata entry: tiny checkpoints (fewer than 48 blocks) list their blocks; absent → the upstream list.
 LAYERS_METADATA_KEY = "avtool_audio_cross_attn_layers"
+# avtool-only metadata entry: an adapter trained with `audio_attention_window` (absent → upstream's full attention).
+WINDOW_METADATA_KEY = "avtool_audio_attention_window"
 
 _LORA_KEY = re.compile(r"blocks\.(\d+)\.attn\.(qkv_x|qkv_y|proj_x|proj_y)\.lora_([AB])")
 _LORA_TARGETS = {  # genmo projection -> diffusers Linear(s) in `transformer_blocks.{i}.attn1`, packed rows in order
@@ -61,7 +63,7 @@ class AudioProjector(nn.Module):
 
 
 class AudioCrossAttention(nn.Module):
-    """Residual cross-attention from video tokens to audio frames: no mask, no positions, no norms."""
+    """Residual cross-attention from video tokens to audio frames: no positions, no norms, and (upstream) no mask."""
 
     def __init__(self, dim: int, num_heads: int = AUDIO_CROSS_ATTN_HEADS) -> None:
         super().__init__()
@@ -73,14 +75,24 @@ class AudioCrossAttention(nn.Module):
         nn.init.zeros_(self.to_out.weight)  # zero-initialised output: a fresh adapter leaves the DiT unchanged
         nn.init.zeros_(self.to_out.bias)
 
-    def forward(self, hidden_states: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` (tokens, audio frames) bool, True where a token may attend; None: every token sees every frame."""
+
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
         attended = F.scaled_dot_product_attention(
-            heads(self.to_q(hidden_states)), heads(self.to_k(audio)), heads(self.to_v(audio))
+            heads(self.to_q(hidden_states)), heads(self.to_k(audio)), heads(self.to_v(audio)), attn_mask=mask
         )
         return hidden_states + self.to_out(attended.transpose(1, 2).flatten(2))
+
+
+def audio_window_mask(num_frames: int, tokens_per_frame: int, window: int, device: torch.device) -> torch.Tensor:
+    """(num_frames·tokens_per_frame, num_frames) bool: a (frame-major) video token may attend to the audio frames at
+    most `window` latent frames from its own."""
+    frame = torch.arange(num_frames, device=device)
+    near = (frame[:, None] - frame[None, :]).abs() <= window
+    return near.repeat_interleave(tokens_per_frame, dim=0)
 
 
 class MusicInfuserTransformer(MochiTransformer3DModel):
@@ -88,6 +100,11 @@ class MusicInfuserTransformer(MochiTransformer3DModel):
 
     `audio_dim=None` builds the plain DiT (no audio modules). `sample_height/sample_width` are the default
     latent size (×8 px); Mochi-1's 60x106 (480x848 px) unless the weights' config says otherwise.
+
+    `audio_attention_window` (avtool's option, off in upstream's model): each video token attends only to the audio
+    frames within that many latent frames of its own. Upstream's cross-attention has no positions at all, so which
+    audio goes with which frame must come from time the DiT's hidden states carry; a DiT that carries none (a small
+    or fresh one: `bench/train.py` measures it) cannot line motion up with the music without this window.
     """
 
     def __init__(
@@ -96,23 +113,28 @@ class MusicInfuserTransformer(MochiTransformer3DModel):
         audio_cross_attn_layers: tuple[int, ...] = AUDIO_CROSS_ATTN_LAYERS,
         sample_height: int = 60,
         sample_width: int = 106,
+        audio_attention_window: int | None = None,
         **mochi_config,
     ) -> None:
         super().__init__(**mochi_config)
-        self.register_to_config(audio_dim=None, audio_cross_attn_layers=(), sample_height=sample_height, sample_width=sample_width)
+        self.register_to_config(audio_dim=None, audio_cross_attn_layers=(), audio_attention_window=None,
+                                sample_height=sample_height, sample_width=sample_width)
         self.register_module("audio_projection", None)
         self.audio_cross_attn_blocks = nn.ModuleList()
         self._audio_block_after: dict[int, int] = {}
         if audio_dim is not None:
-            self.add_audio_adapter(audio_dim, audio_cross_attn_layers)
+            self.add_audio_adapter(audio_dim, audio_cross_attn_layers, audio_attention_window)
 
-    def add_audio_adapter(self, audio_dim: int, layers: tuple[int, ...] = AUDIO_CROSS_ATTN_LAYERS) -> None:
+    def add_audio_adapter(self, audio_dim: int, layers: tuple[int, ...] = AUDIO_CROSS_ATTN_LAYERS,
+                          attention_window: int | None = None) -> None:
         """Attach a freshly initialised audio projector and cross-attention after `layers`, as upstream creates them
         (default init; each cross-attention's output projection zero, so the DiT's output is unchanged)."""
         layers = tuple(layers)
         if any(not 0 <= i < len(self.transformer_blocks) for i in layers):
             raise ValueError(f"audio cross-attention layers {layers} outside the {len(self.transformer_blocks)} blocks")
-        self.register_to_config(audio_dim=audio_dim, audio_cross_attn_layers=layers)
+        if attention_window is not None and attention_window < 0:
+            raise ValueError(f"audio attention window {attention_window} is negative")
+        self.register_to_config(audio_dim=audio_dim, audio_cross_attn_layers=layers, audio_attention_window=attention_window)
         dim = self.config.num_attention_heads * self.config.attention_head_dim
         self.audio_projection = AudioProjector(audio_dim, dim)
         self.audio_cross_attn_blocks = nn.ModuleList(AudioCrossAttention(dim) for _ in layers)
@@ -139,12 +161,15 @@ class MusicInfuserTransformer(MochiTransformer3DModel):
         rotary = self.rope(self.pos_frequencies, num_frames, height // p, width // p,
                            device=tokens.device, dtype=torch.float32)
 
-        audio = None
+        audio = mask = None
         if audio_features is not None:
             if self.audio_projection is None:
                 raise ValueError("audio_features given to a transformer built without the audio adapter")
             audio = self.audio_projection(audio_features.to(self.audio_projection.projection[0].weight.dtype), num_frames)
             audio = audio.expand(batch, -1, -1)  # one clip serves both CFG branches
+            if self.config.audio_attention_window is not None:
+                mask = audio_window_mask(num_frames, tokens.shape[1] // num_frames, self.config.audio_attention_window,
+                                         tokens.device)
 
         for i, block in enumerate(self.transformer_blocks):
             block_inputs = (tokens, encoder_hidden_states, temb, encoder_attention_mask, rotary)
@@ -153,7 +178,7 @@ class MusicInfuserTransformer(MochiTransformer3DModel):
             else:
                 tokens, encoder_hidden_states = block(*block_inputs)
             if audio is not None and i in self._audio_block_after:
-                tokens = self.audio_cross_attn_blocks[self._audio_block_after[i]](tokens, audio.to(tokens.dtype))
+                tokens = self.audio_cross_attn_blocks[self._audio_block_after[i]](tokens, audio.to(tokens.dtype), mask)
 
         tokens = self.proj_out(self.norm_out(tokens, temb))
         tokens = tokens.reshape(batch, num_frames, height // p, width // p, p, p, -1)
@@ -188,6 +213,7 @@ class ConvertedAdapter:
     lora: dict[str, LoraFactors]  # diffusers weight name, e.g. "transformer_blocks.3.attn1.to_k.weight"
     audio: dict[str, torch.Tensor]  # audio_projection.* / audio_cross_attn_blocks.*, upstream names
     audio_cross_attn_layers: tuple[int, ...]
+    audio_attention_window: int | None  # avtool's option (WINDOW_METADATA_KEY); None: upstream's full attention
     used_keys: set[str] = field(default_factory=set)  # source keys consumed by lora or audio
     unused_keys: list[str] = field(default_factory=list)  # source keys that fit neither, sorted
 
@@ -213,6 +239,10 @@ def convert_adapter(state_dict: dict[str, torch.Tensor], metadata: dict[str, str
         layers = tuple(int(i) for i in json.loads(metadata.get(LAYERS_METADATA_KEY, json.dumps(AUDIO_CROSS_ATTN_LAYERS))))
     except (TypeError, ValueError) as error:
         raise WeightsError(f"adapter: metadata '{LAYERS_METADATA_KEY}' is not a list of block indices ({error!r})") from error
+    window = metadata.get(WINDOW_METADATA_KEY)
+    if window is not None and not (window.isdigit() and window.isascii()):
+        raise WeightsError(f"adapter: metadata '{WINDOW_METADATA_KEY}' is {window!r}, not a whole number of latent frames")
+    window = None if window is None else int(window)
 
     pairs: dict[tuple[int, str], dict[str, str]] = {}
     audio = {key: tensor for key, tensor in state_dict.items() if key.startswith(_AUDIO_PREFIXES)}
@@ -234,7 +264,7 @@ def convert_adapter(state_dict: dict[str, torch.Tensor], metadata: dict[str, str
         for name, rows in zip(targets, up.chunk(len(targets), dim=0), strict=True):
             lora[f"transformer_blocks.{block}.attn1.{name}.weight"] = LoraFactors(down, rows, scales[kind])
         used.update(halves.values())
-    return ConvertedAdapter(lora, audio, layers, used, sorted(set(state_dict) - used))
+    return ConvertedAdapter(lora, audio, layers, window, used, sorted(set(state_dict) - used))
 
 
 def lora_projections(model: nn.Module) -> dict[str, list[str]]:
@@ -253,12 +283,16 @@ def lora_projections(model: nn.Module) -> dict[str, list[str]]:
     return projections
 
 
-def adapter_metadata(lora_kwargs: dict[str, int | float], audio_cross_attn_layers: tuple[int, ...]) -> dict[str, str]:
+def adapter_metadata(lora_kwargs: dict[str, int | float], audio_cross_attn_layers: tuple[int, ...],
+                     audio_attention_window: int | None = None) -> dict[str, str]:
     """An adapter file's safetensors metadata, as upstream's `train.py` writes it: `kwargs`, the JSON of the
-    model's LoRA settings; plus avtool's layer list when it is not upstream's (tiny DiTs)."""
+    model's LoRA settings; plus avtool's layer list when it is not upstream's (tiny DiTs) and its attention window
+    when there is one."""
     metadata = {"kwargs": json.dumps(lora_kwargs)}
     if tuple(audio_cross_attn_layers) != AUDIO_CROSS_ATTN_LAYERS:
         metadata[LAYERS_METADATA_KEY] = json.dumps(list(audio_cross_attn_layers))
+    if audio_attention_window is not None:
+        metadata[WINDOW_METADATA_KEY] = str(audio_attention_window)
     return metadata
 
 
@@ -311,6 +345,7 @@ def load_dance_transformer(
             model = MusicInfuserTransformer(
                 audio_dim=converted.audio_dim if converted else None,
                 audio_cross_attn_layers=converted.audio_cross_attn_layers if converted else (),
+                audio_attention_window=converted.audio_attention_window if converted else None,
                 **sample_size,
                 **mochi_config,
             )

@@ -143,10 +143,10 @@ def vae_latent_stats(weights_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def add_trainable_adapter(transformer: MusicInfuserTransformer, audio_dim: int, layers: tuple[int, ...],
-                          lora: LoraKwargs) -> dict[str, nn.Parameter]:
+                          lora: LoraKwargs, attention_window: int | None = None) -> dict[str, nn.Parameter]:
     """Attach a fresh audio adapter after `layers` and genmo's LoRA on every attention projection (unmerged);
     return the new parameters, in a fixed order, under their names in upstream's adapter file."""
-    transformer.add_audio_adapter(audio_dim, layers)
+    transformer.add_audio_adapter(audio_dim, layers, attention_window)
     named: dict[str, nn.Parameter] = {}
     for name, targets in lora_projections(transformer).items():
         rank, alpha = ((lora.qkv_proj_lora_rank, lora.qkv_proj_lora_alpha) if ".qkv_" in name
@@ -182,7 +182,8 @@ class MusicInfuserTask:
             torch.manual_seed(config.seed)  # the same fresh adapter on every rank and in every run
             try:
                 layers = config.audio_cross_attn_layers or AUDIO_CROSS_ATTN_LAYERS
-                self.parameters = add_trainable_adapter(self.transformer, audio_dim, layers, config.model.kwargs)
+                self.parameters = add_trainable_adapter(self.transformer, audio_dim, layers, config.model.kwargs,
+                                                        config.audio_attention_window)
             except ValueError as error:
                 raise BadInput(f"audio_cross_attn_layers: {error}") from None
         self.transformer.to(self.device)  # the new audio modules; the LoRA is made on its Linear's device
@@ -236,7 +237,8 @@ class MusicInfuserTask:
         layers = self.transformer.config.audio_cross_attn_layers
         path = Path(run_dir) / f"model_{step}.adapter.safetensors"
         with atomic_output(path) as tmp:
-            save_file(state, str(tmp), metadata=adapter_metadata(dataclasses.asdict(self.config.model.kwargs), layers))
+            metadata = adapter_metadata(dataclasses.asdict(self.config.model.kwargs), layers, self.config.audio_attention_window)
+            save_file(state, str(tmp), metadata=metadata)
         return path
 
 

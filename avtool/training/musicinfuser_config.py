@@ -93,6 +93,9 @@ class MusicInfuserConfig(TrainConfig):
     single_video_mode: bool = False  # train on the first clip only
     audio_mode: str = "cross_attn"
     audio_cross_attn_layers: tuple[int, ...] | None = None  # None: upstream's 16 layers (AUDIO_CROSS_ATTN_LAYERS)
+    # avtool's option: each video token attends to the audio within this many latent frames only (None: upstream's
+    # attention to the whole clip; see MusicInfuserTransformer); kept in the adapter file's metadata for `dance`
+    audio_attention_window: int | None = None
     basic_prompt_ratio: float = 0.2
     beta_beta: float | None = 3.0  # None: sigma ~ Uniform(0, 1)
     beta_half: float = 200.0
@@ -109,6 +112,8 @@ class MusicInfuserConfig(TrainConfig):
         for name in ("basic_prompt_ratio", "train_data_dir_2_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise BadInput(f"{name}: must be from 0 to 1, got {getattr(self, name)}")
+        if self.audio_attention_window is not None and self.audio_attention_window < 0:
+            raise BadInput(f"audio_attention_window: must be 0 or more latent frames, got {self.audio_attention_window}")
         if self.beta_beta is not None and self.beta_beta < 1:
             raise BadInput(f"beta_beta: must be at least 1, got {self.beta_beta}")
         if self.beta_half <= 0:
