@@ -18,14 +18,16 @@ motion that follows the music.
                   song A (the music muxed into the trained run's video): does the motion follow the music it was given?
      control b    the fresh adapter the training starts from (zero LoRA B and cross-attention output: the bare DiT),
                   conditioned on and scored against song A.
-   and the loss curve (metrics.jsonl summary; `avtool train --plot` writes loss.png), and how much the trained model's
-   loss depends on the audio, on its training clips and on held-out clips (own vs another clip's audio).
+   and the loss curve (metrics.jsonl summary; `avtool train --plot` writes loss.png), how much the trained model's
+   loss depends on the audio, on its training clips and on held-out clips (own vs another clip's audio), and whether
+   the cross-attention can line the music up with the frames at all (time routing: the latent frame read out of the
+   hidden state it receives, and its attention on the token's own audio frame).
 
 Prints figures, asserts nothing.
 
 Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae SECONDS] [--pretrain-dit SECONDS]
-                             [--tempo LOW HIGH] [--num-frames N] [--weights-dir DIR] [--work DIR] [--skip-speed]
-                             [--skip-learning]
+                             [--tempo LOW HIGH] [--num-frames N] [--look random|fixed] [--attention-window FRAMES]
+                             [--weights-dir DIR] [--work DIR] [--skip-speed] [--skip-learning]
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ NUM_FRAMES = 19  # 6k+1; tiny Mochi latent: 4 frames of 4x6
 SOURCE_SIZE = (72, 48)  # (w, h): preprocess crops its 48x32 window out of it without scaling
 TEMPO_RANGE = (180.0, 300.0)  # BPM: 2-4 beats in a 0.7 s clip
 JUMP = 6  # pixels the texture moves on a beat
+LOOK_SEED: int | None = None  # --look fixed: every clip shows the texture and colour of this seed
 TINY_AUDIO_LAYERS = (1, 3)
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -82,14 +85,16 @@ def click_track(seconds: float, bpm: float, phase: float, rng: np.random.Generat
 
 
 def beat_frames(seconds: float, beats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(frames, h, w, 3) uint8: a smooth random texture that jumps JUMP px in a random direction on each beat."""
+    """(frames, h, w, 3) uint8: a smooth random texture that jumps JUMP px in a random direction on each beat (the
+    texture and colour drawn from `rng`, or with --look fixed the same for every clip)."""
     w, h = SOURCE_SIZE
-    noise = rng.standard_normal((h * 2, w * 2))
+    look = rng if LOOK_SEED is None else np.random.default_rng(LOOK_SEED)
+    noise = look.standard_normal((h * 2, w * 2))
     spectrum = np.fft.fft2(noise)
     fy, fx = np.fft.fftfreq(h * 2)[:, None], np.fft.fftfreq(w * 2)[None, :]
     texture = np.real(np.fft.ifft2(spectrum * np.exp(-(fx**2 + fy**2) / (2 * 0.05**2))))
     texture = (texture - texture.min()) / (np.ptp(texture) + 1e-9)
-    colour = rng.uniform(0.3, 1.0, 3)
+    colour = look.uniform(0.3, 1.0, 3)
     count = int(round(seconds * FPS))
     jumps = set(int(round(b * FPS)) for b in beats)
     dy = dx = 0
@@ -164,10 +169,11 @@ def avtool(*args, torchrun: int = 0, check: bool = True) -> subprocess.Completed
     return run
 
 
-def write_config(path: Path, clips: Path, steps: int, lr: float, rank: int, save_interval: int, seed: int = 3) -> Path:
+def write_config(path: Path, clips: Path, steps: int, lr: float, rank: int, save_interval: int, seed: int = 3,
+                 window: int | None = None) -> Path:
     path.write_text(json.dumps({
         "train_data_dir": str(clips), "seed": seed, "audio_mode": "cross_attn",
-        "audio_cross_attn_layers": list(TINY_AUDIO_LAYERS),
+        "audio_cross_attn_layers": list(TINY_AUDIO_LAYERS), "audio_attention_window": window,
         "model": {"type": "lora+audio", "kwargs": {"qkv_proj_lora_rank": rank, "qkv_proj_lora_alpha": rank,
                                                    "out_proj_lora_rank": rank, "out_proj_lora_alpha": rank}},
         "optimizer": {"lr": lr},
@@ -467,6 +473,22 @@ def fresh_adapter(weights: Path, config_path: Path, out: Path) -> Path:
     return Task(config, weights, "cpu").save_result(out, 0)
 
 
+def trained_task(weights: Path, config_path: Path, checkpoint: Path):
+    """The training task of `config_path` (its clips; the detailed caption always, never dropped) with the
+    checkpoint's adapter loaded."""
+    import dataclasses as dc
+
+    from avtool.pipelines.train import read_config
+    from avtool.training.checkpoint import load_checkpoint
+    from avtool.training.musicinfuser import Task
+
+    _, config, _ = read_config(config_path)
+    config = dc.replace(config, basic_prompt_ratio=0.0, training=dc.replace(config.training, caption_dropout=0.0))
+    task = Task(config, weights, "cpu")
+    task.load_trainable_state(load_checkpoint(checkpoint)["model"])
+    return task
+
+
 def audio_dependence(weights: Path, config_path: Path, checkpoint: Path, draws: int = 8) -> str:
     """Flow-matching loss of the trained model on its training clips with each clip's own audio vs another clip's
     audio, same latents, noise and sigma: does the adapter use the music at all?"""
@@ -474,15 +496,10 @@ def audio_dependence(weights: Path, config_path: Path, checkpoint: Path, draws: 
 
     import torch
 
-    from avtool.pipelines.train import read_config
-    from avtool.training.checkpoint import load_checkpoint
-    from avtool.training.musicinfuser import Task, training_example
+    from avtool.training.musicinfuser import training_example
 
-    _, config, _ = read_config(config_path)
-    config = dc.replace(config, basic_prompt_ratio=0.0, training=dc.replace(config.training, caption_dropout=0.0))
-    task = Task(config, weights, "cpu")
-    task.load_trainable_state(load_checkpoint(checkpoint)["model"])
-    clips = task.dataset()
+    task = trained_task(weights, config_path, checkpoint)
+    config, clips = task.config, task.dataset()
     own, other = [], []
     with torch.no_grad():
         for i, clip in enumerate(clips):
@@ -497,6 +514,50 @@ def audio_dependence(weights: Path, config_path: Path, checkpoint: Path, draws: 
     return (f"loss with own audio {own_a.mean():.4f}, with another clip's audio {other_a.mean():.4f} "
             f"(difference {np.mean(other_a - own_a):+.4f} ± {np.std(other_a - own_a) / len(own_a) ** 0.5:.4f}, "
             f"{len(own_a)} draws)")
+
+
+def time_routing(weights: Path, config_path: Path, checkpoint: Path, draws: int = 2, ridge: float = 1.0) -> str:
+    """Can the audio cross-attention line the music up with the frames? Two read-outs on the clips of `config_path`:
+    how well a ridge probe (fitted on 2/3 of the clips) tells a video token's latent frame from the hidden state
+    entering the cross-attention, and how much attention the trained cross-attention puts on the audio frame of the
+    token's own latent frame; each against chance (1 / latent frames)."""
+    import torch
+
+    from avtool.models.musicinfuser import audio_window_mask
+    from avtool.training.musicinfuser import training_example
+
+    task = trained_task(weights, config_path, checkpoint)
+    config, layer = task.config, task.transformer.audio_cross_attn_blocks[0]
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    layer.register_forward_hook(lambda _, args, __: seen.append((args[0][0], args[1][0])))
+    clips, states, frames, own_frame_attention = task.dataset(), [], [], []
+    with torch.no_grad():
+        for i, clip in enumerate(clips):
+            for d in range(draws):
+                example = training_example([clip], torch.Generator().manual_seed(100 * i + d), 10**6, config,
+                                           task.latents_mean, task.latents_std)
+                seen.clear()
+                task.example_loss(example)
+                tokens, audio = seen[0]
+                count = example.noisy.shape[2]
+                frame = torch.arange(count).repeat_interleave(len(tokens) // count)
+                q = layer.to_q(tokens).unflatten(-1, (layer.num_heads, -1)).transpose(0, 1)
+                k = layer.to_k(audio).unflatten(-1, (layer.num_heads, -1)).transpose(0, 1)
+                logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+                if config.audio_attention_window is not None:
+                    mask = audio_window_mask(count, len(tokens) // count, config.audio_attention_window, logits.device)
+                    logits = logits.masked_fill(~mask, float("-inf"))
+                attention = torch.softmax(logits, -1).mean(0)  # (tokens, audio frames)
+                own_frame_attention.append(attention[torch.arange(len(tokens)), frame].mean().item())
+                states.append(np.c_[tokens.numpy(), np.ones(len(tokens))])
+                frames.append(frame.numpy())
+    fit = len(states) * 2 // 3
+    a, b = np.concatenate(states[:fit]), np.eye(count)[np.concatenate(frames[:fit])]
+    w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)
+    accuracy = np.mean(np.argmax(np.concatenate(states[fit:]) @ w, 1) == np.concatenate(frames[fit:]))
+    return (f"latent frame read out of the hidden state: accuracy {accuracy:.3f}; attention on the token's own audio "
+            f"frame {np.mean(own_frame_attention):.3f} (chance for both: {1 / count:.3f}; first cross-attention, "
+            f"{len(clips)} clips x {draws} draws)")
 
 
 def audio_feature_probe(weights: Path, songs: int = 24, ridge: float = 1.0) -> str:
@@ -525,7 +586,7 @@ def audio_feature_probe(weights: Path, songs: int = 24, ridge: float = 1.0) -> s
 
 
 def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int, sample_steps: int, lr: float, rank: int,
-             vae_seconds: float, dit_seconds: float) -> None:
+             vae_seconds: float, dit_seconds: float, window: int | None) -> None:
     print(f"\n== 2. learning: {clips_count} beat clips, {steps} steps, {seeds} held-out songs ==", flush=True)
     print(f"does the tiny wav2vec2 carry the beat (log-energy read out of its features)? {audio_feature_probe(weights)}",
           flush=True)
@@ -557,7 +618,7 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
     vae_check(weights, clips, work)
 
     run_dir = work / "run"
-    config = write_config(work / "learn.yaml", clips, steps, lr, rank, save_interval=steps)
+    config = write_config(work / "learn.yaml", clips, steps, lr, rank, save_interval=steps, window=window)
     start = time.perf_counter()
     avtool("train", config, "--run-dir", run_dir, "--weights-dir", weights, "-q", "--json")
     train_s = time.perf_counter() - start
@@ -578,8 +639,9 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
     for i in range(8):
         make_clip(held_videos, f"held{i:02d}", clip_seconds(), 200 + i)
     preprocess(held_videos, held_clips, weights)
-    held_config = write_config(work / "held.yaml", held_clips, steps, lr, rank, save_interval=steps)
+    held_config = write_config(work / "held.yaml", held_clips, steps, lr, rank, save_interval=steps, window=window)
     print(f"audio dependence on 8 held-out clips: {audio_dependence(weights, held_config, checkpoint)}", flush=True)
+    print(f"time routing, held-out clips: {time_routing(weights, held_config, checkpoint)}", flush=True)
 
     songs_dir = work / "songs"
     songs_dir.mkdir(exist_ok=True)
@@ -612,7 +674,7 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
 
 
 def main() -> None:
-    global TEMPO_RANGE, NUM_FRAMES  # --tempo and --num-frames set the data's constants
+    global TEMPO_RANGE, NUM_FRAMES, LOOK_SEED  # --tempo, --num-frames and --look set the data's constants
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3000)
@@ -627,12 +689,17 @@ def main() -> None:
                         help="pretrain the tiny DiT as a video model on other beat clips this long first (0: the random one)")
     parser.add_argument("--tempo", type=float, nargs=2, default=TEMPO_RANGE, metavar=("LOW", "HIGH"), help="BPM range of the beats")
     parser.add_argument("--num-frames", type=int, default=NUM_FRAMES, help="frames per clip and generated video (6k+1)")
+    parser.add_argument("--look", choices=("random", "fixed"), default="random",
+                        help="each clip its own texture and colour, or one for all (the jumps' directions stay random)")
+    parser.add_argument("--attention-window", type=int, default=None, metavar="FRAMES",
+                        help="train with avtool's audio_attention_window (default: upstream's attention to the whole clip)")
     parser.add_argument("--weights-dir", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None, help="keep the run's files here (default: a temporary folder)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-learning", action="store_true")
     args = parser.parse_args()
     TEMPO_RANGE, NUM_FRAMES = tuple(args.tempo), args.num_frames
+    LOOK_SEED = 12345 if args.look == "fixed" else None
     with weights_folder(args.weights_dir, ["mochi-1-preview", "musicinfuser"]) as weights, \
             tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -642,7 +709,7 @@ def main() -> None:
             speed(weights, work, args.speed_steps)
         if not args.skip_learning:
             learning(weights, work, args.clips, args.steps, args.seeds, args.sample_steps, args.lr, args.rank,
-                     args.train_vae, args.pretrain_dit)
+                     args.train_vae, args.pretrain_dit, args.attention_window)
 
 
 if __name__ == "__main__":
