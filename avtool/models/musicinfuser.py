@@ -103,8 +103,8 @@ class MusicInfuserTransformer(MochiTransformer3DModel):
 
     `audio_attention_window` (avtool's option, off in upstream's model): each video token attends only to the audio
     frames within that many latent frames of its own. Upstream's cross-attention has no positions at all, so which
-    audio goes with which frame must come from time the DiT's hidden states carry; a DiT that carries none (a small
-    or fresh one: `bench/train.py` measures it) cannot line motion up with the music without this window.
+    audio goes with which frame must come from time the DiT's hidden states carry. In a DiT that carries none (the
+    tiny one: `bench/train.py` reads the frame out of them at chance) every token gets the same mix of the whole clip.
     """
 
     def __init__(
