@@ -7,10 +7,11 @@ motion that follows the music.
    track at a random tempo; `avtool preprocess dance` at the tiny size; first a check that the tiny VAE carries the
    beat motion through encode+decode (AV-Align and motion-curve correlation of the clip vs its reconstruction). The
    random tiny VAE does not (its reconstruction flickers on every frame, AV-Align at chance), so by default the tiny
-   VAE is first trained as a plain autoencoder (pixel MSE + a small KL) on fresh beat windows for --train-vae seconds,
+   VAE is first trained as a plain autoencoder (pixel MSE + a small KL) on fresh beat windows for --train-vae steps,
    checked again, and used for everything after (preprocessing and `avtool dance`'s decode). With --pretrain-dit, the
    tiny DiT is then pretrained as a plain video model (flow matching, no audio) on other beat clips, as the real
-   Mochi comes pretrained, and used for everything after (the adapter trains on it, dance samples with it); then
+   Mochi comes pretrained (--dit-size: a new, larger DiT instead of --tiny's 4 blocks x 32 wide, whose samples hold
+   none of the data's jumps), and used for everything after (the adapter trains on it, dance samples with it); then
    `avtool train` for --steps steps, `avtool dance` on --seeds held-out songs (new tempi), and `avtool eval --metric
    av-align` of
      trained      the trained adapter, conditioned on song A, scored against song A (the music muxed in);
@@ -25,8 +26,9 @@ motion that follows the music.
 
 Prints figures, asserts nothing.
 
-Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae SECONDS] [--pretrain-dit SECONDS]
-                             [--tempo LOW HIGH] [--num-frames N] [--look random|fixed] [--attention-window FRAMES]
+Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae STEPS] [--pretrain-dit STEPS]
+                             [--dit-size LAYERS HEADS HEAD_DIM] [--tempo LOW HIGH] [--num-frames N]
+                             [--look random|fixed] [--attention-window FRAMES]
                              [--weights-dir DIR] [--work DIR] [--skip-speed] [--skip-learning]
 """
 
@@ -35,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -379,15 +380,18 @@ def with_component(weights: Path, folder: Path, component: str, model) -> Path:
         if sub.name != component and not (mochi / sub.name).exists():
             (mochi / sub.name).symlink_to(sub.resolve())
     model.save_pretrained(mochi / component, safe_serialization=True)
-    # the original config: the same model, and it holds avtool's tiny size (`sample_height`), which diffusers drops
-    shutil.copyfile(weights / "mochi-1-preview" / component / "config.json", mochi / component / "config.json")
+    # keep the original config's keys that diffusers drops on saving: avtool's tiny size (`sample_height`, ...)
+    saved, original = (json.loads((path / component / "config.json").read_text()) for path in (mochi, weights / "mochi-1-preview"))
+    (mochi / component / "config.json").write_text(json.dumps({**original, **saved}, indent=2))
     return folder
 
 
-def pretrain_tiny_dit(weights: Path, clips: Path, out: Path, seconds: float, lr: float = 1e-3) -> tuple[Path, str]:
-    """Pretrain the tiny Mochi DiT as a plain video model (flow matching as `avtool train` computes it, the clips'
-    caption, no audio) on beat clips for about `seconds`, as the real Mochi comes pretrained on video; write a weights
-    folder with it in place of the random one. Returns (folder, summary)."""
+def pretrain_tiny_dit(weights: Path, clips: Path, out: Path, steps: int, size: tuple[int, int, int] | None = None,
+                      lr: float = 1e-3) -> tuple[Path, str]:
+    """Pretrain the Mochi DiT as a plain video model (flow matching as `avtool train` computes it, the clips' caption,
+    no audio) on beat clips for `steps` steps, as the real Mochi comes pretrained on video; write a weights folder with
+    it in place of the random one. `size` (layers, heads, head width): start from a new random DiT of that size,
+    initialised as `--tiny` initialises its own, instead of the tiny one. Returns (folder, summary)."""
     import torch
     from diffusers import MochiTransformer3DModel
 
@@ -396,11 +400,20 @@ def pretrain_tiny_dit(weights: Path, clips: Path, out: Path, seconds: float, lr:
     from avtool.training.musicinfuser import training_example, vae_latent_stats
     from avtool.training.musicinfuser_config import training_clips
     from avtool.weights.loading import load_pretrained
+    from avtool.weights.tiny.mochi import POS_FREQUENCY_STD, TRANSFORMER_CONFIG
 
     _, config, _ = read_config(write_config(out / "dit.yaml", clips, 1, lr, 1, 1))
     data, (mean, std) = training_clips(config), vae_latent_stats(weights)
     torch.manual_seed(0)
-    transformer = load_pretrained(MochiTransformer3DModel, weights / "mochi-1-preview" / "transformer", torch_dtype=torch.float32)
+    if size is None:
+        transformer = load_pretrained(MochiTransformer3DModel, weights / "mochi-1-preview" / "transformer",
+                                      torch_dtype=torch.float32)
+    else:
+        layers, heads, head_dim = size
+        transformer = MochiTransformer3DModel(**{**TRANSFORMER_CONFIG, "num_layers": layers, "num_attention_heads": heads,
+                                                 "attention_head_dim": head_dim})
+        with torch.no_grad():
+            transformer.pos_frequencies.normal_(0.0, POS_FREQUENCY_STD)
     flow, generator = MochiFlowModel(transformer.train()), torch.Generator().manual_seed(0)
 
     def batch_loss(step: int):
@@ -408,29 +421,31 @@ def pretrain_tiny_dit(weights: Path, clips: Path, out: Path, seconds: float, lr:
         example = training_example(batch, generator, step, config, mean, std)
         return (flow(example.noisy, example.sigma, example.text, example.text_mask) - example.target).pow(2).mean()
 
-    summary = train_for(seconds, transformer.parameters(), batch_loss, lr)
+    summary = train_for(steps, transformer.parameters(), batch_loss, lr)
+    count = sum(p.numel() for p in transformer.parameters())
+    summary = f"{transformer.config.num_layers} blocks x {transformer.config.num_attention_heads * transformer.config.attention_head_dim} wide, {count} parameters: {summary}"
     return with_component(weights, out / "weights_pretrained_dit", "transformer", transformer.eval()), f"{summary} (flow loss)"
 
 
-def train_for(seconds: float, parameters, batch_loss, lr: float = 1e-3) -> str:
-    """AdamW on `parameters` for about `seconds`, `batch_loss(step)` per step; a summary: steps, time, loss by fifths."""
+def train_for(steps: int, parameters, batch_loss, lr: float = 1e-3) -> str:
+    """AdamW on `parameters` for `steps` steps, `batch_loss(step)` per step; a summary: steps, time, loss by fifths."""
     import torch
 
     optimizer = torch.optim.AdamW(parameters, lr=lr)
     losses, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    for _ in range(steps):
         loss = batch_loss(len(losses))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    k = max(1, len(losses) // 5)
+    k = max(1, -(-len(losses) // 5))
     return (f"{len(losses)} steps (batch 2) in {time.perf_counter() - start:.0f} s, loss by fifths "
             + " ".join(f"{np.mean(losses[i:i + k]):.4f}" for i in range(0, len(losses), k)))
 
 
-def train_tiny_vae(weights: Path, out: Path, seconds: float, kl_weight: float = 1e-4) -> tuple[Path, str]:
-    """Train the tiny Mochi VAE (encoder + decoder) as an autoencoder on beat windows for about `seconds`; write a
+def train_tiny_vae(weights: Path, out: Path, steps: int, kl_weight: float = 1e-4) -> tuple[Path, str]:
+    """Train the tiny Mochi VAE (encoder + decoder) as an autoencoder on beat windows for `steps` steps; write a
     weights folder with it in place of the random one (everything else symlinked). Returns (folder, summary)."""
     import torch
     from diffusers import AutoencoderKLMochi
@@ -447,7 +462,7 @@ def train_tiny_vae(weights: Path, out: Path, seconds: float, kl_weight: float = 
         recon = vae.decode(posterior.sample()).sample
         return (recon - batch).pow(2).mean() + kl_weight * posterior.kl().mean() / batch[0].numel()
 
-    summary = train_for(seconds, vae.parameters(), batch_loss)
+    summary = train_for(steps, vae.parameters(), batch_loss)
     return with_component(weights, out / "weights_trained_vae", "vae", vae.eval()), f"{summary} (reconstruction)"
 
 
@@ -600,35 +615,35 @@ def audio_feature_probe(weights: Path, songs: int = 24, ridge: float = 1.0) -> s
 
 
 def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int, sample_steps: int, lr: float, rank: int,
-             vae_seconds: float, dit_seconds: float, window: int | None) -> None:
+             vae_steps: int, dit_steps: int, dit_size: tuple[int, int, int] | None, window: int | None) -> None:
     print(f"\n== 2. learning: {clips_count} beat clips, {steps} steps, {seeds} held-out songs ==", flush=True)
     print(f"does the tiny wav2vec2 carry the beat (log-energy read out of its features)? {audio_feature_probe(weights)}",
           flush=True)
     videos, clips = work / "videos", work / "clips"
     videos.mkdir(parents=True, exist_ok=True)
     tempi = [make_clip(videos, f"beat{i:02d}", clip_seconds(), i)[1] for i in range(clips_count)]
-    if vae_seconds > 0:
+    if vae_steps > 0:
         random_clips = work / "clips_random_vae"
         preprocess(videos, random_clips, weights)
         print("random tiny VAE:")
         vae_check(weights, random_clips, work)
-        weights, summary = train_tiny_vae(weights, work, vae_seconds)
+        weights, summary = train_tiny_vae(weights, work, vae_steps)
         print(f"tiny VAE trained as an autoencoder on 64 fresh beat windows: {summary}; the rest uses it", flush=True)
-    if dit_seconds > 0:
+    if dit_steps > 0:
         prior_videos, prior_clips = work / "prior_videos", work / "prior_clips"
         prior_videos.mkdir(exist_ok=True)
         for i in range(max(64, clips_count)):  # other beat clips than the adapter's
             make_clip(prior_videos, f"prior{i:03d}", clip_seconds(), 3000 + i)
         preprocess(prior_videos, prior_clips, weights)
-        weights, summary = pretrain_tiny_dit(weights, prior_clips, work, dit_seconds)
-        print(f"tiny DiT pretrained as a video model on {max(64, clips_count)} other beat clips: {summary}; the rest uses it",
+        weights, summary = pretrain_tiny_dit(weights, prior_clips, work, dit_steps, dit_size)
+        print(f"DiT pretrained as a video model on {max(64, clips_count)} other beat clips: {summary}; the rest uses it",
               flush=True)
     start = time.perf_counter()
     summary = preprocess(videos, clips, weights)
     print(f"clips: {clips_count} sources, tempi {min(tempi):.0f}-{max(tempi):.0f} BPM; preprocess wrote "
           f"{summary['written']}, rejected {summary['rejected']} ({time.perf_counter() - start:.1f} s)", flush=True)
     print(f"AV-Align of the training clips themselves (ceiling): {mean_std(av_align(sorted(clips.glob('*.seg0.mp4'))[:4]))}", flush=True)
-    print("trained tiny VAE:" if vae_seconds > 0 else "random tiny VAE:")
+    print("trained tiny VAE:" if vae_steps > 0 else "random tiny VAE:")
     vae_check(weights, clips, work)
 
     run_dir = work / "run"
@@ -700,10 +715,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (the tiny DiT's width is 32)")
     parser.add_argument("--speed-steps", type=int, default=200)
-    parser.add_argument("--train-vae", type=float, default=150.0, metavar="SECONDS",
-                        help="train the tiny VAE this long first (0: keep the random one)")
-    parser.add_argument("--pretrain-dit", type=float, default=0.0, metavar="SECONDS",
-                        help="pretrain the tiny DiT as a video model on other beat clips this long first (0: the random one)")
+    parser.add_argument("--train-vae", type=int, default=900, metavar="STEPS",
+                        help="train the tiny VAE this many steps first (0: keep the random one)")
+    parser.add_argument("--pretrain-dit", type=int, default=0, metavar="STEPS",
+                        help="pretrain the DiT as a video model on other beat clips this many steps first (0: the random one)")
+    parser.add_argument("--dit-size", type=int, nargs=3, default=None, metavar=("LAYERS", "HEADS", "HEAD_DIM"),
+                        help="with --pretrain-dit: pretrain a new DiT of this size instead of --tiny's (4 2 16)")
     parser.add_argument("--tempo", type=float, nargs=2, default=TEMPO_RANGE, metavar=("LOW", "HIGH"), help="BPM range of the beats")
     parser.add_argument("--num-frames", type=int, default=NUM_FRAMES, help="frames per clip and generated video (6k+1)")
     parser.add_argument("--look", choices=("random", "fixed"), default="random",
@@ -715,6 +732,8 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-learning", action="store_true")
     args = parser.parse_args()
+    if args.dit_size and not args.pretrain_dit:
+        parser.error("--dit-size needs --pretrain-dit STEPS: a new DiT starts random")
     TEMPO_RANGE, NUM_FRAMES = tuple(args.tempo), args.num_frames
     LOOK_SEED = 12345 if args.look == "fixed" else None
     with weights_folder(args.weights_dir, ["mochi-1-preview", "musicinfuser"]) as weights, \
@@ -726,7 +745,7 @@ def main() -> None:
             speed(weights, work, args.speed_steps)
         if not args.skip_learning:
             learning(weights, work, args.clips, args.steps, args.seeds, args.sample_steps, args.lr, args.rank,
-                     args.train_vae, args.pretrain_dit, args.attention_window)
+                     args.train_vae, args.pretrain_dit, args.dit_size, args.attention_window)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ TRANSFORMER_CONFIG = {
     "time_embed_dim": 32,
     "max_sequence_length": 256,
 }
+# Learned RoPE frequencies start at 0 in diffusers; random ones of this spread make positions matter.
+POS_FREQUENCY_STD = 0.5
 # avtool reads the default resolution from these (latent units, ×8 px); absent in the real config → 60x106 (480x848).
 SAMPLE_SIZE = {"sample_height": 4, "sample_width": 6}
 
@@ -69,8 +71,8 @@ def build(weights_dir: Path) -> Path:
 
     torch.manual_seed(0)
     transformer = MochiTransformer3DModel(**TRANSFORMER_CONFIG)
-    with torch.no_grad():  # learned RoPE frequencies start at 0 in diffusers; random ones make positions matter
-        transformer.pos_frequencies.normal_(0.0, 0.5)
+    with torch.no_grad():
+        transformer.pos_frequencies.normal_(0.0, POS_FREQUENCY_STD)
     torch.manual_seed(1)
     vae = AutoencoderKLMochi(**VAE_CONFIG)
     torch.manual_seed(2)
