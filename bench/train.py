@@ -11,7 +11,10 @@ motion that follows the music.
    checked again, and used for everything after (preprocessing and `avtool dance`'s decode). With --pretrain-dit, the
    tiny DiT is then pretrained as a plain video model (flow matching, no audio) on other beat clips, as the real
    Mochi comes pretrained (--dit-size: a new, larger DiT instead of --tiny's 4 blocks x 32 wide, whose samples hold
-   none of the data's jumps), and used for everything after (the adapter trains on it, dance samples with it); then
+   none of the data's jumps), and used for everything after (the adapter trains on it, dance samples with it). With
+   --train-wav2vec, the tiny wav2vec2 is first trained so that each feature frame carries the sound around it, as the
+   real one's transformer context does: upstream hands each latent frame (6 video frames) one feature frame, and the
+   random tiny one carries only its own 20 ms. Then
    `avtool train` for --steps steps, `avtool dance` on --seeds held-out songs (new tempi), and `avtool eval --metric
    av-align` of
      trained      the trained adapter, conditioned on song A, scored against song A (the music muxed in);
@@ -22,12 +25,13 @@ motion that follows the music.
    and the loss curve (metrics.jsonl summary; `avtool train --plot` writes loss.png), how much the trained model's
    loss depends on the audio, on its training clips and on held-out clips (own vs another clip's audio), and whether
    the cross-attention can line the music up with the frames at all (time routing: the latent frame read out of the
-   hidden state it receives, and its attention on the token's own audio frame).
+   hidden state it receives, and its attention on the token's own audio frame), whether the generator draws the
+   data's motion at all, and the motion at each offset from the beats.
 
 Prints figures, asserts nothing.
 
 Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae STEPS] [--pretrain-dit STEPS]
-                             [--dit-size LAYERS HEADS HEAD_DIM] [--tempo LOW HIGH] [--num-frames N]
+                             [--dit-size LAYERS HEADS HEAD_DIM] [--train-wav2vec STEPS] [--tempo LOW HIGH] [--num-frames N]
                              [--look random|fixed] [--attention-window FRAMES]
                              [--weights-dir DIR] [--work DIR] [--skip-speed] [--skip-learning]
 """
@@ -142,12 +146,13 @@ def clip_seconds() -> float:
     return round(NUM_FRAMES / FPS + 0.6, 2)
 
 
-def make_song(path: Path, seconds: float, seed: int) -> float:
+def make_song(path: Path, seconds: float, seed: int) -> tuple[float, np.ndarray]:
+    """A click track at a random tempo written to `path`; (its tempo, the video frames its beats fall on)."""
     rng = np.random.default_rng(seed)
     bpm = rng.uniform(*TEMPO_RANGE)
-    y, _ = click_track(seconds, bpm, rng.uniform(0.05, 60.0 / bpm), rng)
+    y, beats = click_track(seconds, bpm, rng.uniform(0.05, 60.0 / bpm), rng)
     write_wav(path, y)
-    return bpm
+    return bpm, np.round(beats * FPS).astype(int)
 
 
 def remux(video_from: Path, audio_from: Path, out: Path) -> Path:
@@ -247,6 +252,14 @@ def motion_shape(curves: list[np.ndarray]) -> str:
     on_grid = np.mean([i % 6 == 1 for i in peaks]) if peaks else float("nan")
     return (f"{np.mean([np.sum(c >= JUMP / 2) for c in curves]):.1f} jumps per video, mean step "
             f"{np.mean([c.mean() for c in curves]):.2f}, {on_grid:.0%} of {len(peaks)} peaks open a latent frame")
+
+
+def beat_locked_motion(curves: list[np.ndarray], beats: list[np.ndarray], offsets: range = range(-3, 4)) -> str:
+    """The mean of the motion curves `offset` frames from each of their song's beats: motion that follows the music
+    peaks at 0 (AV-Align counts a peak within a frame of a beat), motion that ignores it is flat."""
+    means = [np.mean([c[b + o] for c, frames in zip(curves, beats, strict=True) for b in frames if 0 <= b + o < len(c)])
+             for o in offsets]
+    return "  ".join(f"{o:+d}: {m:.2f}" for o, m in zip(offsets, means, strict=True))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -370,19 +383,23 @@ def tiny_vae_training_frames(count: int, seed: int) -> np.ndarray:
 
 
 def with_component(weights: Path, folder: Path, component: str, model) -> Path:
-    """A weights folder: `weights` symlinked, except mochi-1-preview/`component`, which is `model` saved there."""
-    mochi = folder / "mochi-1-preview"
-    mochi.mkdir(parents=True, exist_ok=True)
-    for sub in weights.iterdir():
-        if sub.name != "mochi-1-preview" and not (folder / sub.name).exists():
-            (folder / sub.name).symlink_to(sub.resolve())
-    for sub in (weights / "mochi-1-preview").iterdir():
-        if sub.name != component and not (mochi / sub.name).exists():
-            (mochi / sub.name).symlink_to(sub.resolve())
-    model.save_pretrained(mochi / component, safe_serialization=True)
-    # keep the original config's keys that diffusers drops on saving: avtool's tiny size (`sample_height`, ...)
-    saved, original = (json.loads((path / component / "config.json").read_text()) for path in (mochi, weights / "mochi-1-preview"))
-    (mochi / component / "config.json").write_text(json.dumps({**original, **saved}, indent=2))
+    """A weights folder: `weights` symlinked, except `component` (a folder inside it, e.g. "mochi-1-preview/vae"),
+    which is `model` saved there, beside the original folder's other configs (e.g. wav2vec2's preprocessor config)."""
+    parts = Path(component).parts
+    for depth, name in enumerate(parts):
+        source, target = weights.joinpath(*parts[:depth]), folder.joinpath(*parts[:depth])
+        target.mkdir(parents=True, exist_ok=True)
+        for sub in source.iterdir():
+            if sub.name != name and not (target / sub.name).exists():
+                (target / sub.name).symlink_to(sub.resolve())
+    saved_folder, original_folder = folder / component, weights / component
+    model.save_pretrained(saved_folder, safe_serialization=True)
+    # keep the original config's keys that the library drops on saving: avtool's tiny size (`sample_height`, ...)
+    saved, original = (json.loads((path / "config.json").read_text()) for path in (saved_folder, original_folder))
+    (saved_folder / "config.json").write_text(json.dumps({**original, **saved}, indent=2))
+    for sub in original_folder.glob("*.json"):
+        if not sub.name.endswith(".index.json") and not (saved_folder / sub.name).exists():
+            (saved_folder / sub.name).symlink_to(sub.resolve())
     return folder
 
 
@@ -424,7 +441,7 @@ def pretrain_tiny_dit(weights: Path, clips: Path, out: Path, steps: int, size: t
     summary = train_for(steps, transformer.parameters(), batch_loss, lr)
     count = sum(p.numel() for p in transformer.parameters())
     summary = f"{transformer.config.num_layers} blocks x {transformer.config.num_attention_heads * transformer.config.attention_head_dim} wide, {count} parameters: {summary}"
-    return with_component(weights, out / "weights_pretrained_dit", "transformer", transformer.eval()), f"{summary} (flow loss)"
+    return with_component(weights, out / "weights_pretrained_dit", "mochi-1-preview/transformer", transformer.eval()), f"{summary} (flow loss, batch 2)"
 
 
 def train_for(steps: int, parameters, batch_loss, lr: float = 1e-3) -> str:
@@ -440,7 +457,7 @@ def train_for(steps: int, parameters, batch_loss, lr: float = 1e-3) -> str:
         optimizer.step()
         losses.append(loss.item())
     k = max(1, -(-len(losses) // 5))
-    return (f"{len(losses)} steps (batch 2) in {time.perf_counter() - start:.0f} s, loss by fifths "
+    return (f"{len(losses)} steps in {time.perf_counter() - start:.0f} s, loss by fifths "
             + " ".join(f"{np.mean(losses[i:i + k]):.4f}" for i in range(0, len(losses), k)))
 
 
@@ -463,7 +480,7 @@ def train_tiny_vae(weights: Path, out: Path, steps: int, kl_weight: float = 1e-4
         return (recon - batch).pow(2).mean() + kl_weight * posterior.kl().mean() / batch[0].numel()
 
     summary = train_for(steps, vae.parameters(), batch_loss)
-    return with_component(weights, out / "weights_trained_vae", "vae", vae.eval()), f"{summary} (reconstruction)"
+    return with_component(weights, out / "weights_trained_vae", "mochi-1-preview/vae", vae.eval()), f"{summary} (reconstruction, batch 2)"
 
 
 def dance(weights: Path, songs: list[Path], seeds: list[int], out: Path, steps: int) -> list[Path]:
@@ -589,36 +606,90 @@ def time_routing(weights: Path, config_path: Path, checkpoint: Path, draws: int 
             f"{len(clips)} clips x {draws} draws)")
 
 
-def audio_feature_probe(weights: Path, songs: int = 24, ridge: float = 1.0) -> str:
-    """Do the (tiny) wav2vec2 features carry the beat? A ridge read-out of the log-energy envelope (at the features'
-    50 Hz) fitted on 2/3 of fresh click tracks, its correlation on the other third, and on features of other songs."""
+def click_waves(count: int, seed: int, seconds: float = 2.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`count` fresh click tracks at 16 kHz, each with its log-energy envelope at wav2vec2's 50 Hz (320 samples)."""
     import soxr
 
+    waves = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        bpm = rng.uniform(*TEMPO_RANGE)
+        y = soxr.resample(click_track(seconds, bpm, rng.uniform(0.05, 60 / bpm), rng)[0], SR, 16000).astype(np.float32)
+        frames = len(y) // 320
+        waves.append((y, np.log(np.sqrt(np.mean(y[: frames * 320].reshape(frames, 320) ** 2, axis=1)) + 1e-4)))
+    return waves
+
+
+def shifted(envelope: np.ndarray, offset: int, length: int) -> np.ndarray:
+    """envelope[j + offset] for j < length, the edge value beyond either end."""
+    return envelope[np.clip(np.arange(length) + offset, 0, len(envelope) - 1)]
+
+
+def audio_feature_probe(weights: Path, songs: int = 24, ridge: float = 1.0, offsets: tuple[int, ...] = (-6, -3, 0, 3, 6)) -> str:
+    """Do the (tiny) wav2vec2 features carry the beat, and the sound around them? A ridge read-out of the log-energy
+    envelope `offset` feature frames (20 ms each) away from each frame, fitted on 2/3 of fresh click tracks; its
+    correlation on the other third, and at offset 0 on the features of another song. Upstream hands each latent frame
+    one feature frame, so a beat 3-6 frames away from it reaches the adapter only through this context."""
     from avtool.models.musicinfuser import Wav2VecEncoder
 
     encoder = Wav2VecEncoder.from_folder(weights / "wav2vec2-base-960h")
-    features, envelopes = [], []
-    for seed in range(songs):
-        rng = np.random.default_rng(1000 + seed)
-        bpm = rng.uniform(*TEMPO_RANGE)
-        y = soxr.resample(click_track(2.0, bpm, rng.uniform(0.05, 60 / bpm), rng)[0], SR, 16000)
-        f = encoder(y)[0].numpy()
-        envelopes.append(np.log(np.sqrt(np.mean(y[: len(f) * 320].reshape(len(f), 320) ** 2, axis=1)) + 1e-4))
-        features.append(np.c_[f, np.ones(len(f))])
+    waves = click_waves(songs, 1000)
+    features = [encoder(y)[0].numpy() for y, _ in waves]
+    features = [np.c_[f, np.ones(len(f))] for f in features]
     fit = songs * 2 // 3
-    a, b = np.concatenate(features[:fit]), np.concatenate(envelopes[:fit])
-    w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)
-    held = np.concatenate([f @ w for f in features[fit:]])
-    own = np.corrcoef(held, np.concatenate(envelopes[fit:]))[0, 1]
-    other = np.corrcoef(held, np.concatenate(envelopes[fit + 1:] + envelopes[fit:fit + 1]))[0, 1]
-    return f"held-out correlation {own:.2f} (features of another song: {other:.2f})"
+    scores = {}
+    for offset in offsets:
+        targets = [shifted(envelope, offset, len(f)) for (_, envelope), f in zip(waves, features, strict=True)]
+        a, b = np.concatenate(features[:fit]), np.concatenate(targets[:fit])
+        w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)
+        held = np.concatenate([f @ w for f in features[fit:]])
+        scores[offset] = np.corrcoef(held, np.concatenate(targets[fit:]))[0, 1]
+        if offset == 0:
+            other = np.corrcoef(held, np.concatenate(targets[fit + 1:] + targets[fit:fit + 1]))[0, 1]
+    return (f"held-out correlation by offset: {', '.join(f'{o:+d}: {v:.2f}' for o, v in scores.items())} "
+            f"(offset 0 on another song's features: {other:.2f})")
+
+
+def train_tiny_wav2vec2(weights: Path, out: Path, steps: int, context: int = 6) -> tuple[Path, str]:
+    """Train the tiny wav2vec2 so that each feature frame carries the sound of the `context` frames on either side, as
+    the real one's transformer does (the random tiny one carries its own frame's energy only): a linear head reads the
+    log-energy envelope at offsets -context..context out of each frame, on fresh click tracks. Write a weights folder
+    with it in place of the random one. Returns (folder, summary)."""
+    import torch
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    folder = weights / "wav2vec2-base-960h"
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC.from_pretrained(folder, dtype=torch.float32)
+    normalise = Wav2Vec2FeatureExtractor.from_pretrained(folder)
+    head = torch.nn.Linear(model.config.hidden_size, 2 * context + 1)
+    waves = click_waves(256, 11)
+    inputs = torch.from_numpy(normalise([y for y, _ in waves], sampling_rate=16000, return_tensors="np").input_values)
+    frames = model.wav2vec2(inputs[:1]).last_hidden_state.shape[1]
+    targets = torch.from_numpy(np.stack([np.stack([shifted(e, o, frames) for o in range(-context, context + 1)], axis=1)
+                                         for _, e in waves])).float()
+    targets = (targets - targets.mean()) / targets.std()
+    model.train()
+
+    def batch_loss(step: int):
+        pick = torch.randint(len(waves), (8,))
+        return (head(model.wav2vec2(inputs[pick]).last_hidden_state) - targets[pick]).pow(2).mean()
+
+    summary = train_for(steps, [*model.wav2vec2.parameters(), *head.parameters()], batch_loss)
+    return (with_component(weights, out / "weights_trained_wav2vec2", "wav2vec2-base-960h", model.eval()),
+            f"{summary} (envelope read-out, batch 8)")
 
 
 def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int, sample_steps: int, lr: float, rank: int,
-             vae_steps: int, dit_steps: int, dit_size: tuple[int, int, int] | None, window: int | None) -> None:
+             vae_steps: int, dit_steps: int, dit_size: tuple[int, int, int] | None, wav2vec_steps: int,
+             window: int | None) -> None:
     print(f"\n== 2. learning: {clips_count} beat clips, {steps} steps, {seeds} held-out songs ==", flush=True)
     print(f"does the tiny wav2vec2 carry the beat (log-energy read out of its features)? {audio_feature_probe(weights)}",
           flush=True)
+    if wav2vec_steps > 0:
+        weights, summary = train_tiny_wav2vec2(weights, work, wav2vec_steps)
+        print(f"tiny wav2vec2 trained to carry its context: {summary}; read-out now {audio_feature_probe(weights)}; "
+              "the rest uses it", flush=True)
     videos, clips = work / "videos", work / "clips"
     videos.mkdir(parents=True, exist_ok=True)
     tempi = [make_clip(videos, f"beat{i:02d}", clip_seconds(), i)[1] for i in range(clips_count)]
@@ -675,7 +746,7 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
     songs_dir = work / "songs"
     songs_dir.mkdir(exist_ok=True)
     songs = [songs_dir / f"song{i:02d}.wav" for i in range(seeds)]
-    song_tempi = [make_song(song, 3.0, 5000 + i) for i, song in enumerate(songs)]
+    song_tempi, song_beats = zip(*(make_song(song, 3.0, 5000 + i) for i, song in enumerate(songs)), strict=True)
     print(f"held-out songs: tempi {', '.join(f'{t:.0f}' for t in song_tempi)} BPM", flush=True)
     seed_list = list(range(100, 100 + seeds))
     other = songs[1:] + songs[:1]  # control a: conditioned on the next song
@@ -703,6 +774,10 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
     for name, videos in (("training clips", sorted(clips.glob("*.seg0.mp4"))[:seeds]), ("trained", trained),
                          ("control b", untrained)):
         print(f"  {name}: {motion_shape([motion(p) for p in videos])}", flush=True)
+    print("does the motion fall on the beats? mean motion (px/frame) at each offset (frames) from the beats of the song "
+          "scored against:")
+    for name, videos in (("trained", trained), ("control a", control_a), ("control b", untrained)):
+        print(f"  {name}: {beat_locked_motion([motion(p) for p in videos], song_beats)}", flush=True)
 
 
 def main() -> None:
@@ -721,6 +796,8 @@ def main() -> None:
                         help="pretrain the DiT as a video model on other beat clips this many steps first (0: the random one)")
     parser.add_argument("--dit-size", type=int, nargs=3, default=None, metavar=("LAYERS", "HEADS", "HEAD_DIM"),
                         help="with --pretrain-dit: pretrain a new DiT of this size instead of --tiny's (4 2 16)")
+    parser.add_argument("--train-wav2vec", type=int, default=0, metavar="STEPS",
+                        help="train the tiny wav2vec2 to carry the sound around each frame this many steps first")
     parser.add_argument("--tempo", type=float, nargs=2, default=TEMPO_RANGE, metavar=("LOW", "HIGH"), help="BPM range of the beats")
     parser.add_argument("--num-frames", type=int, default=NUM_FRAMES, help="frames per clip and generated video (6k+1)")
     parser.add_argument("--look", choices=("random", "fixed"), default="random",
@@ -745,7 +822,7 @@ def main() -> None:
             speed(weights, work, args.speed_steps)
         if not args.skip_learning:
             learning(weights, work, args.clips, args.steps, args.seeds, args.sample_steps, args.lr, args.rank,
-                     args.train_vae, args.pretrain_dit, args.dit_size, args.attention_window)
+                     args.train_vae, args.pretrain_dit, args.dit_size, args.train_wav2vec, args.attention_window)
 
 
 if __name__ == "__main__":
