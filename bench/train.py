@@ -7,8 +7,8 @@ motion that follows the music.
    track at a random tempo; `avtool preprocess dance` at the tiny size; first a check that the tiny VAE carries the
    beat motion through encode+decode (AV-Align and motion-curve correlation of the clip vs its reconstruction). The
    random tiny VAE does not (its reconstruction flickers on every frame, AV-Align at chance), so by default the tiny
-   VAE is first trained as a plain autoencoder (pixel MSE + a small KL) on fresh beat windows for --train-vae steps,
-   checked again, and used for everything after (preprocessing and `avtool dance`'s decode). With --pretrain-dit, the
+   VAE is first trained as a plain autoencoder (pixel MSE + a small KL) on fresh beat windows for --train-vae steps
+   (then, with --refine-decoder, its decoder alone at a lower learning rate: less sub-pixel flicker), checked again, and used for everything after (preprocessing and `avtool dance`'s decode). With --pretrain-dit, the
    tiny DiT is then pretrained as a plain video model (flow matching, no audio) on other beat clips, as the real
    Mochi comes pretrained (--dit-size: a new, larger DiT instead of --tiny's 4 blocks x 32 wide, whose samples hold
    none of the data's jumps), and used for everything after (the adapter trains on it, dance samples with it). With
@@ -30,7 +30,8 @@ motion that follows the music.
 
 Prints figures, asserts nothing.
 
-Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae STEPS] [--pretrain-dit STEPS]
+Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae STEPS] [--refine-decoder STEPS]
+                             [--pretrain-dit STEPS]
                              [--dit-size LAYERS HEADS HEAD_DIM] [--train-wav2vec STEPS] [--tempo LOW HIGH] [--num-frames N]
                              [--look random|fixed] [--attention-window FRAMES]
                              [--weights-dir DIR] [--work DIR] [--skip-speed] [--skip-learning]
@@ -461,9 +462,10 @@ def train_for(steps: int, parameters, batch_loss, lr: float = 1e-3) -> str:
             + " ".join(f"{np.mean(losses[i:i + k]):.4f}" for i in range(0, len(losses), k)))
 
 
-def train_tiny_vae(weights: Path, out: Path, steps: int, kl_weight: float = 1e-4) -> tuple[Path, str]:
-    """Train the tiny Mochi VAE (encoder + decoder) as an autoencoder on beat windows for `steps` steps; write a
-    weights folder with it in place of the random one (everything else symlinked). Returns (folder, summary)."""
+def train_tiny_vae(weights: Path, out: Path, steps: int, decoder_steps: int = 0, kl_weight: float = 1e-4) -> tuple[Path, str]:
+    """Train the tiny Mochi VAE (encoder + decoder) as an autoencoder on beat windows for `steps` steps, then the
+    decoder alone for `decoder_steps` at a lower learning rate; write a weights folder with it in place of the random
+    one (everything else symlinked). Returns (folder, summary)."""
     import torch
     from diffusers import AutoencoderKLMochi
 
@@ -479,8 +481,12 @@ def train_tiny_vae(weights: Path, out: Path, steps: int, kl_weight: float = 1e-4
         recon = vae.decode(posterior.sample()).sample
         return (recon - batch).pow(2).mean() + kl_weight * posterior.kl().mean() / batch[0].numel()
 
-    summary = train_for(steps, vae.parameters(), batch_loss)
-    return with_component(weights, out / "weights_trained_vae", "mochi-1-preview/vae", vae.eval()), f"{summary} (reconstruction, batch 2)"
+    summary = f"{train_for(steps, vae.parameters(), batch_loss)} (reconstruction, batch 2)"
+    if decoder_steps:
+        # the latents stay as they are; a sharper decoder leaves less sub-pixel flicker, whose peaks AV-Align counts
+        vae.encoder.requires_grad_(False)
+        summary += f"; then the decoder alone: {train_for(decoder_steps, vae.decoder.parameters(), batch_loss, lr=3e-4)}"
+    return with_component(weights, out / "weights_trained_vae", "mochi-1-preview/vae", vae.eval()), summary
 
 
 def dance(weights: Path, songs: list[Path], seeds: list[int], out: Path, steps: int) -> list[Path]:
@@ -681,7 +687,7 @@ def train_tiny_wav2vec2(weights: Path, out: Path, steps: int, context: int = 6) 
 
 
 def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int, sample_steps: int, lr: float, rank: int,
-             vae_steps: int, dit_steps: int, dit_size: tuple[int, int, int] | None, wav2vec_steps: int,
+             vae_steps: int, decoder_steps: int, dit_steps: int, dit_size: tuple[int, int, int] | None, wav2vec_steps: int,
              window: int | None) -> None:
     print(f"\n== 2. learning: {clips_count} beat clips, {steps} steps, {seeds} held-out songs ==", flush=True)
     print(f"does the tiny wav2vec2 carry the beat (log-energy read out of its features)? {audio_feature_probe(weights)}",
@@ -698,7 +704,7 @@ def learning(weights: Path, work: Path, clips_count: int, steps: int, seeds: int
         preprocess(videos, random_clips, weights)
         print("random tiny VAE:")
         vae_check(weights, random_clips, work)
-        weights, summary = train_tiny_vae(weights, work, vae_steps)
+        weights, summary = train_tiny_vae(weights, work, vae_steps, decoder_steps)
         print(f"tiny VAE trained as an autoencoder on 64 fresh beat windows: {summary}; the rest uses it", flush=True)
     if dit_steps > 0:
         prior_videos, prior_clips = work / "prior_videos", work / "prior_clips"
@@ -792,6 +798,8 @@ def main() -> None:
     parser.add_argument("--speed-steps", type=int, default=200)
     parser.add_argument("--train-vae", type=int, default=900, metavar="STEPS",
                         help="train the tiny VAE this many steps first (0: keep the random one)")
+    parser.add_argument("--refine-decoder", type=int, default=0, metavar="STEPS",
+                        help="then train the tiny VAE's decoder alone this many steps (less flicker in what it decodes)")
     parser.add_argument("--pretrain-dit", type=int, default=0, metavar="STEPS",
                         help="pretrain the DiT as a video model on other beat clips this many steps first (0: the random one)")
     parser.add_argument("--dit-size", type=int, nargs=3, default=None, metavar=("LAYERS", "HEADS", "HEAD_DIM"),
@@ -822,7 +830,7 @@ def main() -> None:
             speed(weights, work, args.speed_steps)
         if not args.skip_learning:
             learning(weights, work, args.clips, args.steps, args.seeds, args.sample_steps, args.lr, args.rank,
-                     args.train_vae, args.pretrain_dit, args.dit_size, args.train_wav2vec, args.attention_window)
+                     args.train_vae, args.refine_decoder, args.pretrain_dit, args.dit_size, args.train_wav2vec, args.attention_window)
 
 
 if __name__ == "__main__":
