@@ -8,8 +8,9 @@ motion that follows the music.
    beat motion through encode+decode (AV-Align and motion-curve correlation of the clip vs its reconstruction). The
    random tiny VAE does not (its reconstruction flickers on every frame, AV-Align at chance), so by default the tiny
    VAE is first trained as a plain autoencoder (pixel MSE + a small KL) on fresh beat windows for --train-vae steps
-   (then, with --refine-decoder, its decoder alone at a lower learning rate: less sub-pixel flicker), checked again, and used for everything after (preprocessing and `avtool dance`'s decode). With --pretrain-dit, the
-   tiny DiT is then pretrained as a plain video model (flow matching, no audio) on other beat clips, as the real
+   (then, with --refine-decoder, its decoder alone at a lower learning rate: less sub-pixel flicker), checked again,
+   and used for everything after (preprocessing and `avtool dance`'s decode). With --pretrain-dit, the tiny DiT is
+   then pretrained as a plain video model (flow matching, no audio) on other beat clips, as the real
    Mochi comes pretrained (--dit-size: a new, larger DiT instead of --tiny's 4 blocks x 32 wide, whose samples hold
    none of the data's jumps), and used for everything after (the adapter trains on it, dance samples with it). With
    --train-wav2vec, the tiny wav2vec2 is first trained so that each feature frame carries the sound around it, as the
@@ -31,9 +32,8 @@ motion that follows the music.
 Prints figures, asserts nothing.
 
 Usage: python bench/train.py [--clips 16] [--steps 3000] [--seeds 8] [--train-vae STEPS] [--refine-decoder STEPS]
-                             [--pretrain-dit STEPS]
-                             [--dit-size LAYERS HEADS HEAD_DIM] [--train-wav2vec STEPS] [--tempo LOW HIGH] [--num-frames N]
-                             [--look random|fixed] [--attention-window FRAMES]
+                             [--pretrain-dit STEPS] [--dit-size LAYERS HEADS HEAD_DIM] [--train-wav2vec STEPS]
+                             [--tempo LOW HIGH] [--num-frames N] [--look random|fixed] [--attention-window FRAMES]
                              [--weights-dir DIR] [--work DIR] [--skip-speed] [--skip-learning]
 """
 
@@ -440,9 +440,10 @@ def pretrain_tiny_dit(weights: Path, clips: Path, out: Path, steps: int, size: t
         return (flow(example.noisy, example.sigma, example.text, example.text_mask) - example.target).pow(2).mean()
 
     summary = train_for(steps, transformer.parameters(), batch_loss, lr)
-    count = sum(p.numel() for p in transformer.parameters())
-    summary = f"{transformer.config.num_layers} blocks x {transformer.config.num_attention_heads * transformer.config.attention_head_dim} wide, {count} parameters: {summary}"
-    return with_component(weights, out / "weights_pretrained_dit", "mochi-1-preview/transformer", transformer.eval()), f"{summary} (flow loss, batch 2)"
+    dims = transformer.config
+    summary = (f"{dims.num_layers} blocks x {dims.num_attention_heads * dims.attention_head_dim} wide, "
+               f"{sum(p.numel() for p in transformer.parameters())} parameters: {summary} (flow loss, batch 2)")
+    return with_component(weights, out / "weights_pretrained_dit", "mochi-1-preview/transformer", transformer.eval()), summary
 
 
 def train_for(steps: int, parameters, batch_loss, lr: float = 1e-3) -> str:
