@@ -8,7 +8,8 @@ motion that follows the music.
    beat motion through encode+decode (AV-Align and motion-curve correlation of the clip vs its reconstruction). The
    random tiny VAE does not (its reconstruction flickers on every frame, AV-Align at chance), so by default the tiny
    VAE is first trained as a plain autoencoder (pixel MSE + a small KL) on fresh beat windows for --train-vae steps
-   (then, with --refine-decoder, its decoder alone at a lower learning rate: less sub-pixel flicker), checked again,
+   (then, with --refine-decoder, its decoder alone at a lower learning rate, also taught the frame-to-frame change
+   and to decode noisy latents to clean frames: less sub-pixel flicker), checked again,
    and used for everything after (preprocessing and `avtool dance`'s decode). With --pretrain-dit, the tiny DiT is
    then pretrained as a plain video model (flow matching, no audio) on other beat clips, as the real
    Mochi comes pretrained (--dit-size: a new, larger DiT instead of --tiny's 4 blocks x 32 wide, whose samples hold
@@ -476,17 +477,30 @@ def train_tiny_vae(weights: Path, out: Path, steps: int, decoder_steps: int = 0,
     vae = load_pretrained(AutoencoderKLMochi, weights / "mochi-1-preview" / "vae", torch_dtype=torch.float32).train()
     data = torch.from_numpy(tiny_vae_training_frames(64, 7)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
-    def batch_loss(step: int):
+    def frame_change(x):
+        return x[:, :, 1:] - x[:, :, :-1]
+
+    def batch_loss(step: int, change_weight: float = 0.0, latent_noise=None):
         batch = data[torch.randint(len(data), (2,))]
         posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        return (recon - batch).pow(2).mean() + kl_weight * posterior.kl().mean() / batch[0].numel()
+        latents = posterior.sample()
+        if latent_noise is not None:  # per channel, times a uniform draw per clip
+            latents = latents + latent_noise * torch.rand(len(latents), 1, 1, 1, 1) * torch.randn_like(latents)
+        recon = vae.decode(latents).sample
+        return ((recon - batch).pow(2).mean() + kl_weight * posterior.kl().mean() / batch[0].numel()
+                + change_weight * (frame_change(recon) - frame_change(batch)).pow(2).mean())
 
     summary = f"{train_for(steps, vae.parameters(), batch_loss)} (reconstruction, batch 2)"
     if decoder_steps:
-        # the latents stay as they are; a sharper decoder leaves less sub-pixel flicker, whose peaks AV-Align counts
+        # The latents stay as they are. The decoder learns the frame-to-frame change as well, and to decode latents
+        # off by up to 0.3 of their spread (as sampled ones may be) to the clean frames: it then leaves less sub-pixel
+        # flicker between the jumps, whose peaks AV-Align counts.
         vae.encoder.requires_grad_(False)
-        summary += f"; then the decoder alone: {train_for(decoder_steps, vae.decoder.parameters(), batch_loss, lr=3e-4)}"
+        with torch.no_grad():
+            means = torch.cat([vae.encode(data[i : i + 8]).latent_dist.mean for i in range(0, len(data), 8)])
+        noise = 0.3 * means.std(dim=(0, 2, 3, 4), keepdim=True)
+        summary += (f"; then the decoder alone, + frame-change loss, noisy latents: "
+                    f"{train_for(decoder_steps, vae.decoder.parameters(), lambda step: batch_loss(step, 1.0, noise), lr=3e-4)}")
     return with_component(weights, out / "weights_trained_vae", "mochi-1-preview/vae", vae.eval()), summary
 
 
