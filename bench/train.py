@@ -839,6 +839,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.dit_size and not args.pretrain_dit:
         parser.error("--dit-size needs --pretrain-dit STEPS: a new DiT starts random")
+    if args.refine_decoder and not args.train_vae:
+        parser.error("--refine-decoder needs --train-vae STEPS: it refines the decoder of the VAE trained there")
     TEMPO_RANGE, NUM_FRAMES = tuple(args.tempo), args.num_frames
     LOOK_SEED = 12345 if args.look == "fixed" else None
     with weights_folder(args.weights_dir, ["mochi-1-preview", "musicinfuser"]) as weights, \
